@@ -1,0 +1,94 @@
+"""Proximal maps of the lower-level functions and their derivatives.
+
+The unrolled solver needs, for each function, the prox it applies and the
+(almost-everywhere) derivative of that prox, which the backward pass uses.
+``F`` is only ever touched through its convex conjugate (the dual step of
+Chambolle-Pock), ``G`` through its own prox.  Both conjugate proxes below map
+into the box ``[-1, 1]``, and the derivative vanishes exactly where the output
+sits on the boundary, so the backward pass reads the mask off the stored dual
+iterate ``y`` (``|y| < 1``) instead of storing a separate mask.
+"""
+
+import numpy as np
+
+
+class L1Norm:
+    """``F(u) = ||u||_1``; its conjugate is the indicator of the unit ``l_inf`` ball.
+
+    With ``F = ||.||_1`` the scale of the analysis operator is the
+    regularisation weight.
+    """
+
+    eps = 0.0
+
+    def value(self, u):
+        return float(np.abs(u).sum())
+
+    def prox(self, u, tau):
+        """Soft thresholding, ``prox_{tau F}(u)``."""
+        return np.sign(u) * np.maximum(np.abs(u) - tau, 0.0)
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``prox_{sigma F*}(z) = clip(z, -1, 1)``, in place when ``out is z``."""
+        return np.clip(z, -1.0, 1.0, out=out)
+
+    def prox_conjugate_slope(self, sigma):
+        """Derivative of ``prox_{sigma F*}`` where ``|y| < 1`` (zero elsewhere)."""
+        return 1.0
+
+
+class Huber:
+    """Huber function with parameter ``eps > 0``, a smooth variant of ``||.||_1``.
+
+    ``F(u) = sum_i h(u_i)`` with ``h(t) = t**2 / (2 eps)`` for ``|t| <= eps`` and
+    ``|t| - eps / 2`` otherwise, so that
+    ``F*(y) = i_{||y||_inf <= 1}(y) + (eps / 2) ||y||^2``.
+    """
+
+    def __init__(self, eps):
+        if not eps > 0:
+            raise ValueError(f"huber_eps must be > 0, got {eps!r}.")
+        self.eps = float(eps)
+
+    def value(self, u):
+        a = np.abs(u)
+        return float(
+            np.where(a <= self.eps, a**2 / (2 * self.eps), a - self.eps / 2).sum()
+        )
+
+    def prox(self, u, tau):
+        """``prox_{tau F}(u)``: linear shrinkage near zero, soft thresholding beyond."""
+        inner = np.abs(u) <= self.eps + tau
+        return np.where(inner, u * (self.eps / (self.eps + tau)), u - tau * np.sign(u))
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``prox_{sigma F*}(z) = clip(z / (1 + sigma eps), -1, 1)``."""
+        out = np.multiply(z, 1.0 / (1.0 + sigma * self.eps), out=out)
+        return np.clip(out, -1.0, 1.0, out=out)
+
+    def prox_conjugate_slope(self, sigma):
+        """Derivative of ``prox_{sigma F*}`` where ``|y| < 1`` (zero elsewhere)."""
+        return 1.0 / (1.0 + sigma * self.eps)
+
+
+class SquaredL2:
+    """``G(r) = ||r||^2 / 2``, the data term of the denoiser (on the residual)."""
+
+    def value(self, r):
+        return 0.5 * float(np.vdot(r, r))
+
+    def prox(self, z, tau, out=None):
+        """``prox_{tau G}(z) = z / (1 + tau)``."""
+        return np.multiply(z, 1.0 / (1.0 + tau), out=out)
+
+    def prox_slope(self, tau):
+        return 1.0 / (1.0 + tau)
+
+
+def make_penalty(penalty, huber_eps):
+    """Return the penalty object for a ``penalty`` string."""
+    if penalty == "l1":
+        return L1Norm()
+    if penalty == "huber":
+        return Huber(huber_eps)
+    raise ValueError(f"penalty must be 'l1' or 'huber', got {penalty!r}.")
