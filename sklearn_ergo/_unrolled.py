@@ -10,8 +10,10 @@ processed independently and summed; the tape of a chunk is
 import numbers
 
 import numpy as np
+from joblib import cpu_count
 from sklearn.utils import check_array, gen_even_slices
 from sklearn.utils.parallel import Parallel, delayed
+from threadpoolctl import threadpool_limits
 
 from ._chambolle_pock import backward, constant_steps, forward
 from ._operators import DenseOperator
@@ -85,11 +87,18 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     """
     norm, norm_grad = op.norm_and_grad()
     if not np.isfinite(norm):
-        raise ValueError("The operator K contains non-finite values.")
+        raise ValueError(f"||K||_2 overflows: K must be finite, got norm {norm}.")
     if sigma is None and tau is None:
         if norm == 0.0:
             raise ValueError(
                 "The default step rule sigma = tau = c / ||K|| needs a non-zero K."
+            )
+        # Steps that overflow the working dtype would turn the iterates to nan.
+        if not np.isfinite(op.weights.dtype.type(STEP_FACTOR / norm)):
+            raise ValueError(
+                f"||K||_2 = {norm:.3g} is too small for the default step rule "
+                f"sigma = tau = c / ||K|| in {op.weights.dtype}: the steps "
+                "overflow; use a non-zero K of a larger scale."
             )
         return (
             constant_steps(STEP_FACTOR / norm, STEP_FACTOR / norm, n_layers, power=1.0),
@@ -130,6 +139,12 @@ def chunk_slices(
     n_samples, n_features, n_components, n_layers, itemsize, n_jobs, chunk_size=None
 ):
     """Even slices of the samples: at least one per job, tape within budget."""
+    if chunk_size is not None and not (
+        isinstance(chunk_size, numbers.Integral) and chunk_size >= 1
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive integer or None, got {chunk_size!r}."
+        )
     if chunk_size is None:
         per_sample = (n_layers + 1) * (n_features + n_components) * itemsize
         chunk_size = max(16, _CHUNK_BYTES // per_sample)
@@ -144,7 +159,10 @@ def _check_operator(K, n_features, dtype):
             f"K has {K.shape[1]} columns but X has {n_features} features; "
             "K must have shape (n_components, n_features)."
         )
-    return K.astype(dtype, copy=False)
+    K = K.astype(dtype, copy=False)
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"K overflows {dtype}, the dtype of X_noisy.")
+    return K
 
 
 def _check_inputs(K, X_noisy, X_clean=None):
@@ -221,6 +239,22 @@ def unrolled_loss_grad(
     grad : ndarray of shape (n_components, n_features)
         Same dtype as the computation.
 
+    Notes
+    -----
+    This function works in the units of the data, unnormalised.  With
+    ``penalty="l1"`` the size of ``K`` is the regularisation weight, so it
+    must grow with the noise level; and with the default steps
+    ``c / ||K||`` the unrolled map changes with the scale of the data
+    (``loss(s K, s X~, s X) != s**2 loss(K, X~, X)``).  So divide
+    ``X_noisy`` and ``X_clean`` by one factor, e.g. the root mean square of
+    ``X_noisy`` as :class:`AnalysisOperatorLearner` does, learn ``K`` on
+    the result, and apply it to new data divided by the same factor.  With
+    explicit steps the map is homogeneous:
+    ``loss(s K, s X~, s X; sigma / s**2, tau) = s**2 loss(K, X~, X; sigma,
+    tau)`` and the gradient scales by ``s``.  The loss is a sum of squares
+    in the working dtype, so it overflows to ``inf`` for data near the
+    square root of the dtype's largest value.
+
     Examples
     --------
     >>> import numpy as np
@@ -266,7 +300,7 @@ def _loss_grad(
         _n_jobs(n_jobs),
         chunk_size,
     )
-    results = Parallel(n_jobs=n_jobs)(
+    results = _parallel(n_jobs)(
         delayed(_chunk_loss_grad)(
             K, X_noisy[s], X_clean[s], steps, pen, alpha, n_samples
         )
@@ -324,7 +358,7 @@ def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
         _n_jobs(n_jobs),
         chunk_size,
     )
-    parts = Parallel(n_jobs=n_jobs)(
+    parts = _parallel(n_jobs)(
         delayed(_chunk_denoise)(K, X_noisy[s], steps, pen, alpha) for s in slices
     )
     return np.concatenate(parts) if parts else np.empty_like(X_noisy)
@@ -334,3 +368,22 @@ def _n_jobs(n_jobs):
     from joblib import effective_n_jobs
 
     return effective_n_jobs(n_jobs)
+
+
+def _parallel(n_jobs):
+    """``Parallel(n_jobs)`` whose workers share the CPUs instead of each using all.
+
+    Process workers (loky, dask nannies) cap their own BLAS pools, but workers
+    that are threads of this process (the threading backend, an in-process
+    dask cluster) share its pools, each of which spans every core.
+    """
+    parallel = Parallel(n_jobs=n_jobs)
+    n_workers = _n_jobs(n_jobs)
+    if n_workers <= 1:
+        return parallel
+
+    def run(tasks):
+        with threadpool_limits(max(1, cpu_count() // n_workers)):
+            return parallel(tasks)
+
+    return run
