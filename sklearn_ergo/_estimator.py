@@ -436,9 +436,11 @@ class AnalysisOperatorLearner(
         rng = check_random_state(self.random_state)
         alpha, pen = self._model()
         scale = _rms(X) or 1.0
-        X, y = X / X.dtype.type(scale), y / X.dtype.type(scale)
-        residual = X - y
-        if not np.isfinite(np.vdot(residual, residual)):
+        with np.errstate(over="ignore"):  # checked just below
+            X, y = X / X.dtype.type(scale), y / X.dtype.type(scale)
+            residual = X - y
+            error = np.vdot(residual, residual)
+        if not np.isfinite(error):
             raise ValueError(
                 f"y is too large for X: after dividing both by the root mean square "
                 f"of X ({scale:.3g}) their squared difference overflows {X.dtype}."

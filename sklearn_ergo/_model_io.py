@@ -133,9 +133,11 @@ def load_operator(path):
         EOFError,
         zipfile.BadZipFile,
     ) as exc:
+        # np.load suggests allow_pickle=True for any file it cannot read: never.
         reason = str(exc)
-        if "pickle" in reason:
-            # np.load suggests allow_pickle=True for any unknown file: never.
+        if "Object arrays" in reason:
+            reason = "it holds object arrays (pickled data is never loaded)"
+        elif "pickle" in reason:
             reason = "it is not a NumPy .npz archive (pickled data is never loaded)"
         message = f"{name!s} is not a sklearn-ergo model file: {reason}"
         raise ValueError(message) from exc

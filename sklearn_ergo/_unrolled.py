@@ -159,7 +159,8 @@ def _check_operator(K, n_features, dtype):
             f"K has {K.shape[1]} columns but X has {n_features} features; "
             "K must have shape (n_components, n_features)."
         )
-    K = K.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        K = K.astype(dtype, copy=False)
     if not np.all(np.isfinite(K)):
         raise ValueError(f"K overflows {dtype}, the dtype of X_noisy.")
     return K

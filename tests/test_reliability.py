@@ -1,0 +1,391 @@
+"""Reliability: scale, faults during fit, interruption, persistence, determinism.
+
+Each test names the behaviour it guards; the fault tests inject the fault
+(a non-finite loss, a KeyboardInterrupt) by wrapping the private loss function
+the estimator calls, so that they exercise the recovery paths directly.
+"""
+
+import contextlib
+import os
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import sklearn_ergo._estimator as estimator_module
+import sklearn_ergo._unrolled as unrolled_module
+from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise, unrolled_loss_grad
+from sklearn_ergo._model_io import FORMAT, load_operator, save_operator
+
+
+def make_pairs(n_samples=80, seed=0):
+    """Piecewise-constant 3x3 patches (flat runs) with noise."""
+    rng = np.random.default_rng(seed)
+    X_clean = np.repeat(rng.uniform(size=(n_samples, 3)), 3, axis=1)
+    return X_clean + 0.1 * rng.standard_normal(X_clean.shape), X_clean
+
+
+def learner(**params):
+    return AnalysisOperatorLearner(
+        **{"n_layers": 5, "max_iter": 4, "random_state": 0, **params}
+    )
+
+
+def quiet_fit(est, X, Y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, Y)
+
+
+def normalised_loss(est, X, Y):
+    """The training loss of ``components_`` (on data divided by ``scale_``)."""
+    return est._loss(est.components_, X / est.scale_, Y / est.scale_, *est._model())
+
+
+# -- 2. scale ------------------------------------------------------------------
+
+
+def test_fit_is_scale_equivariant():
+    X, Y = make_pairs()
+    ref = quiet_fit(learner(), X, Y)
+    for s in (1e-300, 1e-6, 1e6, 1e300):
+        est = quiet_fit(learner(), s * X, s * Y)
+        np.testing.assert_allclose(est.scale_, s * ref.scale_, rtol=1e-14)
+        np.testing.assert_allclose(est.components_, ref.components_, rtol=1e-8)
+        np.testing.assert_allclose(est.predict(s * X) / s, ref.predict(X), rtol=1e-8)
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e6])
+def test_float32_fit_at_extreme_scales(s):
+    X, Y = make_pairs()
+    ref = quiet_fit(learner(), X, Y)
+    X32, Y32 = (s * X).astype(np.float32), (s * Y).astype(np.float32)
+    est = quiet_fit(learner(), X32, Y32)
+    prediction = est.predict(X32)
+    assert prediction.dtype == np.float32 and np.all(np.isfinite(prediction))
+    np.testing.assert_allclose(est.components_, ref.components_, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-6, 1.0, -1e6])
+def test_constant_signals(value):
+    # A constant signal has no variation for TV to remove: it is returned as is.
+    X = np.full((20, 9), value)
+    est = quiet_fit(learner(), X, X)
+    assert np.all(np.isfinite(est.components_))
+    np.testing.assert_allclose(est.predict(X), X, rtol=1e-12, atol=0)
+
+
+def test_raw_loss_is_homogeneous_with_explicit_steps():
+    # Documented in unrolled_loss_grad: explicit steps (sigma / s^2, tau); the
+    # Huber parameter is in the units of K x, hence s^2.
+    X, Y = make_pairs(30)
+    K = 0.3 * np.random.default_rng(1).standard_normal((7, 9))
+    params = {"n_layers": 6, "unroll": "ergodic", "penalty": "huber"}
+    loss, grad = unrolled_loss_grad(K, X, Y, sigma=0.4, tau=0.4, **params)
+    for s in (1e-5, 1e5):
+        loss_s, grad_s = unrolled_loss_grad(
+            s * K,
+            s * X,
+            s * Y,
+            sigma=0.4 / s**2,
+            tau=0.4,
+            huber_eps=0.01 * s**2,
+            **params,
+        )
+        np.testing.assert_allclose(loss_s, s**2 * loss, rtol=1e-10)
+        np.testing.assert_allclose(grad_s, s * grad, rtol=1e-8, atol=1e-12 * s)
+
+
+# -- 3. faults during fit ------------------------------------------------------
+
+
+def inject(monkeypatch, after, fault):
+    """Make the estimator's loss/gradient misbehave after ``after`` calls."""
+    original = estimator_module._loss_grad
+    calls = []
+
+    def faulty(*args, **kwargs):
+        calls.append(None)
+        if len(calls) > after:
+            if fault == "nan":
+                loss, grad = original(*args, **kwargs)
+                return np.nan, np.full_like(grad, np.nan)
+            raise fault
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "_loss_grad", faulty)
+    return calls
+
+
+ADAM = {"solver": "adam", "batch_size": 16, "learning_rate_init": 3e-3}
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_keyboard_interrupt_keeps_best_operator(monkeypatch, params):
+    X, Y = make_pairs()
+    inject(monkeypatch, 6, KeyboardInterrupt)
+    est = learner(max_iter=50, **params)
+    with pytest.warns(UserWarning, match="interrupted; keeping the best operator"):
+        est.fit(X, Y)
+    assert 0 < est.n_iter_ < 50
+    assert np.all(np.isfinite(est.components_))
+    assert est.best_loss_ == min(est.loss_curve_) < est.loss_curve_[0]
+    if not params:  # L-BFGS records the loss at the iterate itself
+        assert normalised_loss(est, X, Y) == pytest.approx(est.best_loss_, rel=1e-12)
+    assert np.all(np.isfinite(est.predict(X)))
+
+
+def test_keyboard_interrupt_before_any_iteration_keeps_start(monkeypatch):
+    X, Y = make_pairs()
+    K0 = quiet_fit(learner(), X, Y).components_
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(estimator_module, "_denoise", interrupted)
+    est = learner(init=K0)
+    with pytest.warns(UserWarning, match="interrupted"):
+        est.fit(X, Y)
+    np.testing.assert_array_equal(est.components_, K0)
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_non_finite_loss_stops_with_best_operator(monkeypatch, params):
+    X, Y = make_pairs()
+    inject(monkeypatch, 6, "nan")
+    est = learner(max_iter=50, **params)
+    with pytest.warns(ConvergenceWarning, match="fit stopped after .*non-finite"):
+        est.fit(X, Y)
+    assert est.n_iter_ < 50
+    assert np.all(np.isfinite(est.components_))
+    assert est.best_loss_ == min(est.loss_curve_)
+    assert np.all(np.isfinite(est.predict(X)))
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_fault_in_warm_start_keeps_previous_operator(monkeypatch, params):
+    X, Y = make_pairs()
+    est = quiet_fit(learner(warm_start=True, **params), X, Y)
+    K1, prediction = est.components_.copy(), est.predict(X)
+    inject(monkeypatch, 0, "nan")
+    with pytest.warns(ConvergenceWarning, match="non-finite"):
+        est.fit(X, Y)
+    np.testing.assert_array_equal(est.components_, K1)
+    np.testing.assert_array_equal(est.predict(X), prediction)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("warm", [False, True])
+def test_huge_adam_learning_rate_is_halved_not_fatal(dtype, warm):
+    X, Y = (a.astype(dtype) for a in make_pairs())
+    est = learner(solver="adam", batch_size=16, max_iter=2, warm_start=warm)
+    if warm:
+        est = quiet_fit(est, X, Y)
+    before = normalised_loss(est, X, Y) if warm else np.inf
+    est.set_params(learning_rate_init=1e300)
+    with pytest.warns(ConvergenceWarning, match="redone with half the learning rate"):
+        est.fit(X, Y)
+    assert np.all(np.isfinite(est.components_))
+    # The divergent steps are not kept: the result is the best operator seen.
+    assert normalised_loss(est, X, Y) <= min(before, est.loss_curve_[0]) * (1 + 1e-6)
+    assert np.all(np.isfinite(est.predict(X)))
+
+
+def test_failed_refit_leaves_the_model_intact():
+    X, Y = make_pairs()
+    est = quiet_fit(learner(warm_start=True), X, Y)
+    state = (est.components_.copy(), est.scale_, est.predict(X))
+    with pytest.raises(ValueError, match="features"):
+        est.fit(5 * X[:, :4], 5 * Y[:, :4])  # another width and scale
+    est.set_params(warm_start=False, init=np.eye(3))
+    with pytest.raises(ValueError, match="init has shape"):
+        est.fit(5 * X, 5 * Y)
+    np.testing.assert_array_equal(est.components_, state[0])
+    assert est.scale_ == state[1]
+    np.testing.assert_array_equal(est.predict(X), state[2])
+
+
+def test_failed_first_fit_is_not_fitted():
+    X, Y = make_pairs()
+    est = learner(init=np.eye(3))
+    with pytest.raises(ValueError, match="init has shape"):
+        est.fit(X, Y)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+
+
+# -- 4. persistence ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_pickle_and_joblib_round_trips_are_bit_identical(tmp_path, params):
+    X, Y = make_pairs()
+    est = quiet_fit(learner(**params), X, Y)
+    path = tmp_path / "model.joblib"
+    joblib.dump(est, path)
+    for copy in (pickle.loads(pickle.dumps(est)), joblib.load(path)):
+        for data in (X, X.astype(np.float32)):
+            np.testing.assert_array_equal(copy.predict(data), est.predict(data))
+        np.testing.assert_array_equal(copy.components_, est.components_)
+        assert copy.get_params() == est.get_params()
+
+
+def test_model_file_round_trip_reproduces_predictions(tmp_path):
+    X, Y = make_pairs()
+    est = quiet_fit(learner(unroll="ergodic", penalty="huber"), X, Y)
+    names = ("n_layers", "unroll", "ergodic_weights", "penalty", "huber_eps")
+    settings = {"scale": est.scale_, **{k: getattr(est, k) for k in names}}
+    path = tmp_path / "model.npz"
+    save_operator(path, est.components_, settings)
+    K, loaded = load_operator(path)
+    np.testing.assert_array_equal(K, est.components_)
+    assert loaded == settings
+    scale = loaded.pop("scale")
+    prediction = unrolled_denoise(K, X / scale, **loaded) * scale
+    np.testing.assert_array_equal(prediction, est.predict(X))
+
+
+class _Exploit:
+    """A pickle that creates a file when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_model_file_refuses_foreign_files(tmp_path):
+    marker = tmp_path / "pwned"
+    pickled = tmp_path / "exploit.npz"
+    pickled.write_bytes(pickle.dumps(_Exploit(str(marker))))
+    (tmp_path / "text.npz").write_text("not a model")
+    np.save(tmp_path / "array.npy", np.eye(2))
+    np.savez(tmp_path / "other.npz", components=np.eye(2))
+    header = {"format": np.array(FORMAT), "settings": np.array("{}")}
+    np.savez(tmp_path / "newer.npz", version=2, components=np.eye(2), **header)
+    objects = np.array([np.eye(2)], dtype=object)
+    np.savez(tmp_path / "objects.npz", version=1, components=objects, **header)
+    save_operator(tmp_path / "good.npz", np.eye(2))
+    good = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
+    expected = {
+        "exploit.npz": "not a NumPy .npz archive",
+        "text.npz": "not a NumPy .npz archive",
+        "array.npy": "single array",
+        "other.npz": "format marker",
+        "newer.npz": "format version 2",
+        "objects.npz": "object arrays",
+        "truncated.npz": "not a sklearn-ergo model file",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(ValueError, match=reason):
+            load_operator(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_model_file_refuses_to_save_unusable_models(tmp_path):
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        save_operator(tmp_path / "m.npz", np.array([[np.nan]]))
+    with pytest.raises(ValueError, match="2-D float32 or float64"):
+        save_operator(tmp_path / "m.npz", np.ones(3))
+    with pytest.raises(ValueError, match="finite values"):
+        save_operator(tmp_path / "m.npz", np.eye(2), {"scale": np.inf})
+    with pytest.raises(TypeError, match="JSON serialisable"):
+        save_operator(tmp_path / "m.npz", np.eye(2), {"rng": np.random.default_rng()})
+    assert os.listdir(tmp_path) == []  # no partial or temporary file left
+
+
+# -- 5. determinism and parallel backends ---------------------------------------
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_same_random_state_gives_identical_components(params):
+    X, Y = make_pairs()
+    first = quiet_fit(learner(init="random", **params), X, Y).components_
+    second = quiet_fit(learner(init="random", **params), X, Y).components_
+    np.testing.assert_array_equal(first, second)
+
+
+def test_n_jobs_2_agrees_with_n_jobs_1():
+    X, Y = make_pairs()
+    one = quiet_fit(learner(n_jobs=1), X, Y)
+    two = quiet_fit(learner(n_jobs=2), X, Y)
+    np.testing.assert_allclose(two.components_, one.components_, rtol=1e-9)
+    np.testing.assert_allclose(two.predict(X), one.predict(X), rtol=1e-9)
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_dask_backend_agrees_with_n_jobs_1(processes):
+    distributed = pytest.importorskip("distributed")
+    X, Y = make_pairs()
+    one = quiet_fit(learner(n_jobs=1), X, Y)
+    # Loopback only; in-process clusters need no network at all.
+    host = {"host": "127.0.0.1"} if processes else {}
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=processes,
+            dashboard_address=None,
+            **host,
+        ) as cluster,
+        distributed.Client(cluster),
+        joblib.parallel_config(backend="dask"),
+    ):
+        dask = quiet_fit(learner(), X, Y)
+        prediction = dask.predict(X)
+    np.testing.assert_allclose(dask.components_, one.components_, rtol=1e-9)
+    np.testing.assert_allclose(prediction, one.predict(X), rtol=1e-9)
+
+
+def _pool_threads():
+    return {(p["user_api"], p["prefix"]): p["num_threads"] for p in threadpool_info()}
+
+
+# Module-level, so that backends which pickle tasks (dask) pickle it by
+# reference and in-process workers append to this very list.
+_SEEN_POOLS = []
+_chunk_loss_grad = unrolled_module._chunk_loss_grad
+
+
+def _recording_chunk_loss_grad(*args):
+    _SEEN_POOLS.append(_pool_threads())
+    return _chunk_loss_grad(*args)
+
+
+@pytest.mark.parametrize("backend", ["threading", "dask"])
+def test_in_process_workers_share_the_cores(monkeypatch, backend):
+    # Worker threads of this process share its BLAS/OpenMP pools: each pool
+    # must be capped so that n_workers * threads <= cpu_count.
+    monkeypatch.setattr(unrolled_module, "_chunk_loss_grad", _recording_chunk_loss_grad)
+    if joblib.cpu_count() < 2:
+        pytest.skip("one core: nothing to oversubscribe")
+    _SEEN_POOLS.clear()
+    X, Y = make_pairs()
+    K = np.random.default_rng(0).standard_normal((7, 9))
+    with contextlib.ExitStack() as stack:
+        # Pools at full width whatever OMP_NUM_THREADS says, as by default.
+        stack.enter_context(threadpool_limits(joblib.cpu_count()))
+        before = _pool_threads()
+        if backend == "dask":
+            distributed = pytest.importorskip("distributed")
+            cluster = stack.enter_context(
+                distributed.LocalCluster(
+                    n_workers=2,
+                    threads_per_worker=1,
+                    processes=False,
+                    dashboard_address=None,
+                )
+            )
+            stack.enter_context(distributed.Client(cluster))
+        with joblib.parallel_config(backend=backend, n_jobs=2):
+            unrolled_loss_grad(K, X, Y, n_layers=3)
+        assert _pool_threads() == before  # the caps are lifted afterwards
+    cap = joblib.cpu_count() // 2
+    assert len(_SEEN_POOLS) == 2
+    assert all(n <= cap for pools in _SEEN_POOLS for n in pools.values())
