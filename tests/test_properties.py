@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise, unrolled_loss_grad
 
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("NEX", 25)),
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
