@@ -166,6 +166,24 @@ def test_non_finite_loss_stops_with_best_operator(monkeypatch, params):
     assert np.all(np.isfinite(est.predict(X)))
 
 
+def test_lbfgs_trial_operator_out_of_range_stops_the_fit(monkeypatch):
+    # As if the line search tried an overflowing K: scipy would take the
+    # infinite loss for convergence, so the fit stops and says why.
+    X, Y = make_pairs()
+    calls = []
+
+    def usable_three_times(K):
+        calls.append(None)
+        return len(calls) <= 3
+
+    monkeypatch.setattr(estimator_module, "_is_usable", usable_three_times)
+    est = learner(max_iter=50)
+    with pytest.warns(ConvergenceWarning, match="line search tried an operator"):
+        est.fit(X, Y)
+    assert np.all(np.isfinite(est.components_))
+    assert est.best_loss_ == min(est.loss_curve_)
+
+
 @pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
 def test_fault_in_warm_start_keeps_previous_operator(monkeypatch, params):
     X, Y = make_pairs()
@@ -199,14 +217,19 @@ def test_failed_refit_leaves_the_model_intact():
     X, Y = make_pairs()
     est = quiet_fit(learner(warm_start=True), X, Y)
     state = (est.components_.copy(), est.scale_, est.predict(X))
+
+    def assert_intact():
+        np.testing.assert_array_equal(est.components_, state[0])
+        assert est.scale_ == state[1]
+        np.testing.assert_array_equal(est.predict(X), state[2])
+
     with pytest.raises(ValueError, match="features"):
         est.fit(5 * X[:, :4], 5 * Y[:, :4])  # another width and scale
+    assert_intact()
     est.set_params(warm_start=False, init=np.eye(3))
     with pytest.raises(ValueError, match="init has shape"):
         est.fit(5 * X, 5 * Y)
-    np.testing.assert_array_equal(est.components_, state[0])
-    assert est.scale_ == state[1]
-    np.testing.assert_array_equal(est.predict(X), state[2])
+    assert_intact()
 
 
 def test_failed_first_fit_is_not_fitted():
@@ -286,6 +309,23 @@ def test_model_file_refuses_foreign_files(tmp_path):
         with pytest.raises(ValueError, match=reason):
             load_operator(tmp_path / name)
     assert not marker.exists()
+
+
+def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    save_operator(path, np.eye(2), {"version": "old"})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_operator(path, 2 * np.eye(2), {"version": "new"})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model.npz"]
+    K, settings = load_operator(path)
+    np.testing.assert_array_equal(K, np.eye(2))
+    assert settings == {"version": "old"}
 
 
 def test_model_file_refuses_to_save_unusable_models(tmp_path):
