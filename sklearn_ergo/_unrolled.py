@@ -376,7 +376,8 @@ def _parallel(n_jobs):
 
     Process workers (loky, dask nannies) cap their own BLAS pools, but workers
     that are threads of this process (the threading backend, an in-process
-    dask cluster) share its pools, each of which spans every core.
+    dask cluster) share its BLAS pool, which spans every core.  The pool is
+    process-wide, so it is capped here, around the workers, not in each.
     """
     parallel = Parallel(n_jobs=n_jobs)
     n_workers = _n_jobs(n_jobs)

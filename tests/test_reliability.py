@@ -383,8 +383,14 @@ def test_dask_backend_agrees_with_n_jobs_1(processes):
     np.testing.assert_allclose(prediction, one.predict(X), rtol=1e-9)
 
 
-def _pool_threads():
-    return {(p["user_api"], p["prefix"]): p["num_threads"] for p in threadpool_info()}
+def _blas_threads():
+    # BLAS pools only: the kernels are matrix products, and BLAS pools are
+    # process-wide (OpenMP limits are per thread, and no kernel uses OpenMP).
+    return {
+        p["prefix"]: p["num_threads"]
+        for p in threadpool_info()
+        if p["user_api"] == "blas"
+    }
 
 
 # Module-level, so that backends which pickle tasks (dask) pickle it by
@@ -394,14 +400,14 @@ _chunk_loss_grad = unrolled_module._chunk_loss_grad
 
 
 def _recording_chunk_loss_grad(*args):
-    _SEEN_POOLS.append(_pool_threads())
+    _SEEN_POOLS.append(_blas_threads())
     return _chunk_loss_grad(*args)
 
 
 @pytest.mark.parametrize("backend", ["threading", "dask"])
 def test_in_process_workers_share_the_cores(monkeypatch, backend):
-    # Worker threads of this process share its BLAS/OpenMP pools: each pool
-    # must be capped so that n_workers * threads <= cpu_count.
+    # Worker threads of this process share its BLAS pools: they must be
+    # capped so that n_workers * threads <= cpu_count.
     monkeypatch.setattr(unrolled_module, "_chunk_loss_grad", _recording_chunk_loss_grad)
     if joblib.cpu_count() < 2:
         pytest.skip("one core: nothing to oversubscribe")
@@ -410,8 +416,8 @@ def test_in_process_workers_share_the_cores(monkeypatch, backend):
     K = np.random.default_rng(0).standard_normal((7, 9))
     with contextlib.ExitStack() as stack:
         # Pools at full width whatever OMP_NUM_THREADS says, as by default.
-        stack.enter_context(threadpool_limits(joblib.cpu_count()))
-        before = _pool_threads()
+        stack.enter_context(threadpool_limits(joblib.cpu_count(), user_api="blas"))
+        before = _blas_threads()
         if backend == "dask":
             distributed = pytest.importorskip("distributed")
             cluster = stack.enter_context(
@@ -425,7 +431,7 @@ def test_in_process_workers_share_the_cores(monkeypatch, backend):
             stack.enter_context(distributed.Client(cluster))
         with joblib.parallel_config(backend=backend, n_jobs=2):
             unrolled_loss_grad(K, X, Y, n_layers=3)
-        assert _pool_threads() == before  # the caps are lifted afterwards
+        assert _blas_threads() == before  # the caps are lifted afterwards
     cap = joblib.cpu_count() // 2
     assert len(_SEEN_POOLS) == 2
     assert all(n <= cap for pools in _SEEN_POOLS for n in pools.values())
