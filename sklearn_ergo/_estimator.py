@@ -459,6 +459,17 @@ class AnalysisOperatorLearner(
             X, y = X[perm[n_val:]], y[perm[n_val:]]
 
         K, init_weight = self._initial_operator(X, y, alpha, pen, rng)
+        # The solvers keep K usable from here on, and Adam's step halving
+        # relies on it to end.
+        if not _is_usable(K):
+            low, high = _norm_bounds(K.dtype)
+            raise ValueError(
+                f"The initial operator has a spectral norm outside [{low:.2g}, "
+                f"{high:.2g}], the range in which {K.dtype} computations stay "
+                "finite: y is far larger than X (the tuned weight grows with "
+                "their difference), or warm_start passed an operator of another "
+                "dtype. Use float64 data."
+            )
         self.validation_scores_ = [] if self.early_stopping else None
         self.loss_curve_ = []
         tracker = BestTracker(self.tol, self.n_iter_no_change)

@@ -8,6 +8,7 @@ the estimator calls, so that they exercise the recovery paths directly.
 import contextlib
 import os
 import pickle
+import signal
 import warnings
 
 import joblib
@@ -211,6 +212,37 @@ def test_huge_adam_learning_rate_is_halved_not_fatal(dtype, warm):
     # The divergent steps are not kept: the result is the best operator seen.
     assert normalised_loss(est, X, Y) <= min(before, est.loss_curve_[0]) * (1 + 1e-6)
     assert np.all(np.isfinite(est.predict(X)))
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fail instead of hanging (where SIGALRM exists)."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_initial_operator_out_of_range_is_refused(params):
+    # float32 pairs whose clean signals are ~1e18 times the noisy ones: the
+    # tuned weight overflows the range of float32 computations.  (Adam's step
+    # halving used to loop forever from such a start.)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 9)).astype(np.float32)
+    Y = np.full_like(X, 8e17)
+    with deadline(60), pytest.raises(ValueError, match="initial operator"):
+        learner(**params).fit(X, Y)
 
 
 def test_failed_refit_leaves_the_model_intact():
