@@ -406,6 +406,10 @@ class AnalysisOperatorLearner(
         noise = float(np.sqrt(np.mean((X - Y) ** 2))) or 1e-3
         gain = float(np.sqrt(np.mean(D**2) * D.shape[1])) or 1.0
         center = np.log(noise / gain)
+        # Keep the search, margins included, inside the usable norms: y far
+        # larger (or smaller) than X would otherwise tune the weight past them.
+        low, high = np.log(_norm_bounds(D.dtype)) - np.log(np.linalg.norm(D, 2))
+        center = float(np.clip(center, low + 6.0, high - 4.0))
         result = minimize_scalar(
             lambda t: self._loss(np.exp(t) * D, X, Y, alpha, pen),
             bounds=(center - 5.0, center + 3.0),
@@ -460,15 +464,15 @@ class AnalysisOperatorLearner(
 
         K, init_weight = self._initial_operator(X, y, alpha, pen, rng)
         # The solvers keep K usable from here on, and Adam's step halving
-        # relies on it to end.
+        # relies on it to end.  (Only a warm start can fail this: init arrays
+        # are checked and the tuned weight is kept in range.)
         if not _is_usable(K):
             low, high = _norm_bounds(K.dtype)
             raise ValueError(
                 f"The initial operator has a spectral norm outside [{low:.2g}, "
                 f"{high:.2g}], the range in which {K.dtype} computations stay "
-                "finite: y is far larger than X (the tuned weight grows with "
-                "their difference), or warm_start passed an operator of another "
-                "dtype. Use float64 data."
+                "finite (warm_start from an operator fitted in float64?). Use "
+                "float64 data."
             )
         self.validation_scores_ = [] if self.early_stopping else None
         self.loss_curve_ = []

@@ -234,15 +234,38 @@ def deadline(seconds):
 
 
 @pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
-def test_initial_operator_out_of_range_is_refused(params):
-    # float32 pairs whose clean signals are ~1e18 times the noisy ones: the
-    # tuned weight overflows the range of float32 computations.  (Adam's step
-    # halving used to loop forever from such a start.)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((20, 9)).astype(np.float32)
-    Y = np.full_like(X, 8e17)
+@pytest.mark.parametrize("clean", [1e-21, 8e17, 1e30])
+def test_extreme_clean_to_noisy_ratios_fit_in_range(params, clean):
+    # float32 noisy signals of RMS 1 (or 0), clean ones of 1e-21 to 1e30: the
+    # tuned initial weight, which follows their difference, would leave the
+    # range of float32 computations (Adam's step halving then looped
+    # forever); it is kept inside instead.
+    X = np.random.default_rng(0).standard_normal((20, 9)).astype(np.float32)
+    if clean < 1:
+        X[:] = 0.0  # scale_ = 1, error ~ 1e-21
+    Y = np.full_like(X, clean)
+    if clean == 1e30:  # float32 cannot hold this error: refused up front
+        with pytest.raises(ValueError, match="y is too large for X"):
+            learner(**params).fit(X, Y)
+        return
+    with deadline(60), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = learner(**params).fit(X, Y)
+    assert estimator_module._is_usable(est.components_)
+    assert np.all(np.isfinite(est.predict(X)))
+
+
+@pytest.mark.parametrize("params", [{}, ADAM], ids=["lbfgs", "adam"])
+def test_warm_start_out_of_float32_range_is_refused(params):
+    # An operator fitted in float64 on clean signals 1e25 times the noisy
+    # ones cannot run in float32.
+    X = np.random.default_rng(0).standard_normal((20, 9))
+    Y = np.full_like(X, 1e25)
+    est = quiet_fit(learner(warm_start=True, **params), X, Y)
+    assert np.linalg.norm(est.components_, 2) > 1e20
+    X32, Y32 = (a.astype(np.float32) for a in make_pairs())
     with deadline(60), pytest.raises(ValueError, match="initial operator"):
-        learner(**params).fit(X, Y)
+        est.fit(X32, Y32)
 
 
 def test_failed_refit_leaves_the_model_intact():
