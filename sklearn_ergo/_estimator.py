@@ -439,7 +439,9 @@ class AnalysisOperatorLearner(
         X, y = self._validate_pairs(X, y, reset=not warm)
         rng = check_random_state(self.random_state)
         alpha, pen = self._model()
-        scale = _rms(X) or 1.0
+        scale = _rms(X)
+        if not scale >= np.finfo(X.dtype).tiny:  # zero, or subnormal: as zero
+            scale = 1.0
         with np.errstate(over="ignore"):  # checked just below
             X, y = X / X.dtype.type(scale), y / X.dtype.type(scale)
             residual = X - y

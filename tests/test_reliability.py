@@ -80,6 +80,16 @@ def test_constant_signals(value):
     np.testing.assert_allclose(est.predict(X), X, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_data_is_fitted_as_zero(dtype):
+    # Its RMS is not representable in the dtype: dividing by it gave inf.
+    X = np.zeros((4, 4), dtype=dtype)
+    X[0, 0] = np.finfo(dtype).smallest_subnormal
+    est = quiet_fit(learner(), X, np.zeros_like(X))
+    assert est.scale_ == 1.0 and np.all(np.isfinite(est.components_))
+    assert np.all(np.isfinite(est.predict(X)))
+
+
 def test_raw_loss_is_homogeneous_with_explicit_steps():
     # Documented in unrolled_loss_grad: explicit steps (sigma / s^2, tau); the
     # Huber parameter is in the units of K x, hence s^2.
