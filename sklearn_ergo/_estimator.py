@@ -153,7 +153,8 @@ class AnalysisOperatorLearner(
     components_ : ndarray of shape (n_components, n_features)
         The learned analysis operator ``K`` (acting on ``X / scale_``).
     scale_ : float
-        Root mean square of the noisy training inputs.
+        Root mean square of the noisy training inputs (1 if they are all
+        zero, or too small to be a normal number of their dtype).
     init_weight_ : float or None
         The tuned weight of the ``"tv"``/``"random"`` initial operator.
     loss_curve_ : list of float
