@@ -254,8 +254,8 @@ class AnalysisOperatorLearner(
     def _validate_pairs(self, X, y, reset):
         if y is None:
             raise ValueError(
-                f"{type(self).__name__} requires y: the clean signals, an array of "
-                "the same shape as X."
+                f"{type(self).__name__} requires y to be passed, but the target y is "
+                "None: pass the clean signals, an array of the same shape as X."
             )
         X, y = validate_data(
             self,
@@ -266,13 +266,15 @@ class AnalysisOperatorLearner(
             y_numeric=True,
             dtype=[np.float64, np.float32],
         )
+        if X.shape[0] < 2:
+            raise ValueError(
+                f"At least 2 samples are needed to fit, got n_samples={X.shape[0]}."
+            )
         if y.shape != X.shape:
             raise ValueError(
                 f"y must have the same shape as X (clean signals for noisy ones); "
                 f"got X of shape {X.shape} and y of shape {y.shape}."
             )
-        if X.shape[0] < 2:
-            raise ValueError(f"At least 2 samples are needed to fit, got {X.shape[0]}.")
         return X, y.astype(X.dtype, copy=False)
 
     def _initial_operator(self, X, Y, alpha, pen, rng):
@@ -299,7 +301,7 @@ class AnalysisOperatorLearner(
             if n_features < 2:
                 raise ValueError(
                     "init='tv' needs at least 2 features (finite differences); "
-                    "got 1 feature. Use init='random'."
+                    "got 1 feature(s). Use init='random'."
                 )
             D = finite_difference_operator(n_features)
             m = self.n_components or len(D)
