@@ -5,8 +5,7 @@ import sys
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m sklearn_ergo",
-                                     description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sklearn_ergo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="learn K on natural-image patches and report PSNR vs patch TV"
@@ -22,8 +21,11 @@ def main(argv=None):
         try:
             run_demo(args.n_patches, args.n_layers, args.max_iter, n_jobs=args.n_jobs)
         except ImportError as exc:
-            print(f"error: the demo needs Pillow to read scikit-learn's sample images "
-                  f"({exc}); pip install 'sklearn-ergo[demo]'", file=sys.stderr)
+            print(
+                f"error: the demo needs Pillow to read scikit-learn's sample images "
+                f"({exc}); pip install 'sklearn-ergo[demo]'",
+                file=sys.stderr,
+            )
             return 1
     return 0
 

@@ -303,6 +303,14 @@ def unrolled_denoise(
     Returns
     -------
     X_hat : ndarray of shape (n_samples, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ergo import unrolled_denoise
+    >>> K = 0.5 * np.array([[-1.0, 1.0, 0.0], [0.0, -1.0, 1.0]])  # 1-D TV
+    >>> unrolled_denoise(K, np.array([[0.0, 1.0, 0.0]]), n_layers=200).round(2)
+    array([[0.33, 0.33, 0.33]])
     """
     K, X_noisy, _ = _check_inputs(K, X_noisy)
     n_layers = _check_n_layers(n_layers)
