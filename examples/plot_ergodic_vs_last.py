@@ -263,11 +263,17 @@ def plot_profiles(profs, init, path):
         if kind != "trained" or i != init:
             continue
         layers = np.arange(1, len(prof["delta_P_norm"]) + 1)
-        (line,) = axes[0].plot(layers, prof["delta_P_norm"], label=f"{mode} δ_P")
-        axes[0].plot(layers, prof["delta_D_norm"], "--", color=line.get_color())
-        axes[1].plot(layers, prof["delta_P_range_share"], color=line.get_color())
+        (line,) = axes[0].plot(layers, prof["delta_P_norm"], label=mode)
+        color = line.get_color()
+        axes[0].plot(layers, prof["delta_D_norm"], "--", color=color)
+        axes[1].plot(layers, prof["delta_P_range_share"], color=color, label=mode)
+        axes[1].plot(layers, prof["delta_D_range_share"], "--", color=color)
     axes[0].set(yscale="log", xlabel="layer l", title="‖δ_P‖ (solid), ‖δ_D‖ (dashed)")
-    axes[1].set(xlabel="layer l", title="share of δ_P outside ker K", ylim=(0, 1.05))
+    axes[1].set(
+        xlabel="layer l",
+        title="share outside ker K (δ_P), ker Kᵀ (δ_D)",
+        ylim=(0, 1.05),
+    )
     axes[0].legend(fontsize=7)
     fig.suptitle(
         f"backward profile at L = {len(layers)}, trained operators, {init} init",
@@ -346,17 +352,62 @@ def tables(results, profs, grads, cfg):
     return "\n".join(lines)
 
 
+def save(out, cfg, results, profs, grads):
+    (out / "results.json").write_text(
+        json.dumps(
+            dict(
+                config=cfg,
+                results={
+                    i: {m: {str(L): r for L, r in d.items()} for m, d in v.items()}
+                    for i, v in results.items()
+                },
+                profiles={"/".join(k): p for k, p in profs.items()},
+                gradients={"/".join(k): g for k, g in grads.items()},
+            )
+        )
+    )
+
+
+def load(path):
+    saved = json.loads(Path(path).read_text())
+    results = {
+        i: {m: {int(L): r for L, r in d.items()} for m, d in v.items()}
+        for i, v in saved["results"].items()
+    }
+    profs = {tuple(k.split("/")): p for k, p in saved["profiles"].items()}
+    grads = {tuple(k.split("/")): g for k, g in saved["gradients"].items()}
+    return saved["config"], results, profs, grads
+
+
+def report(out, cfg, results, profs, grads):
+    """Write the figures and ``tables.md``; print the tables."""
+    for init in results:
+        plot_curves(results, init, out / f"ergodic_curves_{init}.png")
+        plot_final(results, init, out / f"ergodic_final_{init}.png")
+        plot_profiles(profs, init, out / f"ergodic_profile_{init}.png")
+    plot_gradients(grads, cfg["grad_layers"], out / "ergodic_gradients.png")
+    table = tables(results, profs, grads, cfg)
+    print(table)
+    (out / "tables.md").write_text(table + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", default="ergodic_figures", help="output folder")
     parser.add_argument("--preset", choices=PRESETS, default="default")
     parser.add_argument("--quick", action="store_true", help="--preset quick")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
+    parser.add_argument(
+        "--replot", metavar="RESULTS_JSON", help="only redraw from a results.json"
+    )
     args, _ = parser.parse_known_args(argv)  # sphinx-gallery passes its own
-    cfg = PRESETS["quick" if args.quick else args.preset]
-    modes = {m: MODES[m] for m in cfg["modes"]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        report(out, *load(args.replot))
+        return
+    cfg = PRESETS["quick" if args.quick else args.preset]
+    modes = {m: MODES[m] for m in cfg["modes"]}
     start = time.perf_counter()
 
     def log(msg):
@@ -372,28 +423,8 @@ def main(argv=None):
     log("profiles done")
     grads = gradient_study(data, cfg, estimators, modes)
     log("gradient study done")
-
-    for init in INITS:
-        plot_curves(results, init, out / f"ergodic_curves_{init}.png")
-        plot_final(results, init, out / f"ergodic_final_{init}.png")
-        plot_profiles(profs, init, out / f"ergodic_profile_{init}.png")
-    plot_gradients(grads, cfg["grad_layers"], out / "ergodic_gradients.png")
-    table = tables(results, profs, grads, cfg)
-    print(table)
-    (out / "results.json").write_text(
-        json.dumps(
-            dict(
-                config=cfg,
-                results={
-                    i: {m: {str(L): r for L, r in d.items()} for m, d in v.items()}
-                    for i, v in results.items()
-                },
-                profiles={"/".join(k): p for k, p in profs.items()},
-                gradients={f"{p}/{m}": g for (p, m), g in grads.items()},
-            )
-        )
-    )
-    (out / "tables.md").write_text(table + "\n")
+    save(out, cfg, results, profs, grads)
+    report(out, cfg, results, profs, grads)
     log(f"figures, results.json and tables.md written to {out}")
 
 
