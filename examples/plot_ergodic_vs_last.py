@@ -62,43 +62,60 @@ from sklearn_ergo.diagnostics import (  # noqa: E402
 # --------
 # ``default`` runs in a few minutes on 2 cores; ``quick`` is the smoke test
 # CI runs; ``study`` produced the numbers of ``docs/ergodic.md``.
+MODES = {
+    "last": dict(unroll="last"),
+    "ergodic": dict(unroll="ergodic"),
+    "ergodic-linear": dict(unroll="ergodic", ergodic_weights="linear"),
+    # L = infinity: the exact lower-level solution (Huber only); fitted once.
+    "implicit": dict(unroll="implicit"),
+}
+# Initial operators: finite differences (TV) and a square (m = n = 64)
+# zero-mean random operator; the estimator tunes the scalar weight of both.
+TV = dict(init="tv")
+RANDOM = dict(init="random", n_components=64)
+ALL_L = (5, 10, 20, 50, 100, 200)
 PRESETS = {
     "quick": dict(
         n_train=200,
         n_test=200,
-        max_iter=3,
-        layers=(5, 20),
-        modes=("last", "ergodic", "ergodic-linear"),
+        settings={
+            "tv": (TV, (5, 20), ("last", "ergodic", "ergodic-linear"), 3),
+            "random": (RANDOM, (5, 20), ("last", "ergodic"), 3),
+            "tv-huber": (dict(TV, penalty="huber"), (5,), ("last", "implicit"), 2),
+        },
         grad_layers=(5, 20, 100, 400),
         grad_samples=100,
     ),
     "default": dict(
         n_train=800,
         n_test=1000,
-        max_iter=12,
-        layers=(5, 10, 20, 50, 100, 200),
-        modes=("last", "ergodic"),
+        settings={
+            "tv": (TV, ALL_L, ("last", "ergodic"), 12),
+            "random": (RANDOM, ALL_L, ("last", "ergodic"), 12),
+        },
         grad_layers=(5, 10, 20, 50, 100, 200, 500, 1000, 2000),
         grad_samples=200,
     ),
     "study": dict(
-        n_train=1500,
+        n_train=1000,
         n_test=2000,
-        max_iter=30,
-        layers=(5, 10, 20, 50, 100, 200),
-        modes=("last", "ergodic", "ergodic-linear"),
+        settings={
+            "tv": (TV, ALL_L, ("last", "ergodic", "ergodic-linear"), 30),
+            "random": (RANDOM, ALL_L, ("last", "ergodic", "ergodic-linear"), 30),
+            "tv-huber": (
+                dict(TV, penalty="huber"),
+                (5, 20, 100),
+                ("last", "ergodic", "implicit"),
+                30,
+            ),
+            "random-long": (RANDOM, (20, 200), ("last", "ergodic"), 90),
+        },
         grad_layers=(5, 10, 20, 50, 100, 200, 500, 1000, 2000, 4000),
         grad_samples=200,
     ),
 }
-MODES = {
-    "last": dict(unroll="last"),
-    "ergodic": dict(unroll="ergodic"),
-    "ergodic-linear": dict(unroll="ergodic", ergodic_weights="linear"),
-}
-# "random": a square (m = n = 64) zero-mean random operator; both initial
-# operators have their scalar weight tuned by the estimator.
-INITS = {"tv": dict(init="tv"), "random": dict(init="random", n_components=64)}
+"""Per setting: (estimator parameters, values of L, unroll modes, L-BFGS
+iterations)."""
 
 
 def half_sq_loss(X_hat, X_clean):
@@ -108,21 +125,25 @@ def half_sq_loss(X_hat, X_clean):
 # %%
 # Training
 # --------
-def train_all(data, cfg, modes, log, n_jobs=None):
-    """Fit every (init, mode, L); return the results and fitted estimators."""
+def train_all(data, cfg, log, n_jobs=None):
+    """Fit every (setting, mode, L); return the results and the estimators."""
     X_train, Y_train, X_test, Y_test = data
     results, estimators = {}, {}
-    for init, init_params in INITS.items():
-        for mode, mode_params in modes.items():
-            for L in cfg["layers"]:
+    for setting, (params, layers, modes, max_iter) in cfg["settings"].items():
+        for mode in modes:
+            for L in layers:
+                if mode == "implicit" and L != layers[0]:
+                    # L plays no role: reuse the one fit.
+                    results[setting][mode][L] = results[setting][mode][layers[0]]
+                    continue
                 est = AnalysisOperatorLearner(
                     n_layers=L,
-                    max_iter=cfg["max_iter"],
+                    max_iter=max_iter,
                     tol=0.0,  # run the whole budget: curves of equal length
                     random_state=0,
                     n_jobs=n_jobs,
-                    **init_params,
-                    **mode_params,
+                    **params,
+                    **MODES[mode],
                 )
                 start = time.perf_counter()
                 with warnings.catch_warnings():
@@ -135,11 +156,12 @@ def train_all(data, cfg, modes, log, n_jobs=None):
                     test=half_sq_loss(est.predict(X_test), Y_test),
                     seconds=seconds,
                 )
-                results.setdefault(init, {}).setdefault(mode, {})[L] = res
-                estimators[init, mode, L] = est
+                results.setdefault(setting, {}).setdefault(mode, {})[L] = res
+                estimators[setting, mode, L] = est
                 log(
-                    f"{init:6s} {mode:14s} L={L:4d}: train {res['curve'][0]:.4f} -> "
-                    f"{res['train']:.4f}, held-out {res['test']:.4f} ({seconds:.0f} s)"
+                    f"{setting:11s} {mode:14s} L={L:4d}: train {res['curve'][0]:.4f}"
+                    f" -> {res['train']:.4f}, held-out {res['test']:.4f} "
+                    f"({seconds:.0f} s)"
                 )
     return results, estimators
 
@@ -148,10 +170,11 @@ def train_all(data, cfg, modes, log, n_jobs=None):
 # Per-layer backward profiles
 # ---------------------------
 def profile_layers(cfg):
-    return 100 if 100 in cfg["layers"] else max(cfg["layers"])
+    layers = cfg["settings"]["tv"][1]
+    return 100 if 100 in layers else max(layers)
 
 
-def profiles(estimators, data, cfg, modes):
+def profiles(estimators, data, cfg):
     """Backward profiles at L = 100, on (up to) 1000 training pairs.
 
     ``"trained"``: each mode at the operator it trained; ``"shared"``: every
@@ -161,21 +184,21 @@ def profiles(estimators, data, cfg, modes):
     X_train, Y_train = data[0][:1000], data[1][:1000]
     L = profile_layers(cfg)
     out = {}
-    for init in INITS:
-        shared = estimators[init, "last", L] if "last" in modes else None
-        for mode, params in modes.items():
-            est = estimators[init, mode, L]
+    for setting in ("tv", "random"):
+        modes = cfg["settings"][setting][2]
+        shared = estimators[setting, "last", L]
+        for mode in modes:
+            est = estimators[setting, mode, L]
             prof = estimator_backprop_profile(est, X_train, Y_train)
-            out["trained", init, mode] = {k: v.tolist() for k, v in prof.items()}
-            if shared is not None:
-                prof = backprop_profile(
-                    shared.components_,
-                    X_train / shared.scale_,
-                    Y_train / shared.scale_,
-                    n_layers=L,
-                    **params,
-                )
-                out["shared", init, mode] = {k: v.tolist() for k, v in prof.items()}
+            out["trained", setting, mode] = {k: v.tolist() for k, v in prof.items()}
+            prof = backprop_profile(
+                shared.components_,
+                X_train / shared.scale_,
+                Y_train / shared.scale_,
+                n_layers=L,
+                **MODES[mode],
+            )
+            out["shared", setting, mode] = {k: v.tolist() for k, v in prof.items()}
     return out
 
 
@@ -188,16 +211,17 @@ def decay_ratio(prof, key):
 # %%
 # Unrolled versus implicit gradients
 # ----------------------------------
-def gradient_study(data, cfg, estimators, modes):
+def gradient_study(data, cfg, estimators):
     """Relative error and cosine of unrolled gradients against the true one.
 
-    At the TV operator trained in last mode with the smallest L (a realistic
+    At the TV operator trained in last mode with L = 20 (a realistic
     operator): with ``penalty="huber"`` the reference is the implicit
     gradient; with ``penalty="l1"`` there is none, so each gradient is
     compared with the one at the largest L.
     """
     X, Y = data[0][: cfg["grad_samples"]], data[1][: cfg["grad_samples"]]
-    est = estimators["tv", "last", min(cfg["layers"])]
+    est = estimators["tv", "last", 20]
+    modes = {m: MODES[m] for m in cfg["settings"]["tv"][2]}
     K, X, Y = est.components_, X / est.scale_, Y / est.scale_
     out = {}
     for penalty in ("huber", "l1"):
@@ -226,24 +250,26 @@ def gradient_study(data, cfg, estimators, modes):
 # %%
 # Figures
 # -------
-def plot_curves(results, init, path):
-    modes = list(results[init])
+def plot_curves(results, setting, path):
+    modes = list(results[setting])
     fig, axes = plt.subplots(1, len(modes), figsize=(3.3 * len(modes), 3), sharey=True)
     for ax, mode in zip(np.atleast_1d(axes), modes, strict=True):
-        for L, res in results[init][mode].items():
+        for L, res in results[setting][mode].items():
             ax.plot(res["curve"], label=f"L={L}")
+            if mode == "implicit":  # the same fit for every L
+                break
         ax.set(title=mode, xlabel="L-BFGS iteration", yscale="log")
     np.atleast_1d(axes)[0].set_ylabel("training loss")
-    np.atleast_1d(axes)[-1].legend(fontsize=7)
-    fig.suptitle(f"training from the {init} initialisation", fontsize=10)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(f"training, setting {setting!r}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def plot_final(results, init, path):
+def plot_final(results, setting, path):
     fig, axes = plt.subplots(1, 2, figsize=(6.6, 3), sharey=True)
-    for mode, by_L in results[init].items():
+    for mode, by_L in results[setting].items():
         Ls = list(by_L)
         for ax, key in zip(axes, ("train", "test"), strict=True):
             ax.plot(Ls, [by_L[L][key] for L in Ls], "o-", label=mode)
@@ -251,7 +277,7 @@ def plot_final(results, init, path):
         ax.set(xscale="log", xlabel="L", title=title)
     axes[0].set_ylabel("final loss")
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"{init} initialisation", fontsize=10)
+    fig.suptitle(f"final losses, setting {setting!r}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -309,16 +335,17 @@ def plot_gradients(grads, layers, path):
 # ------
 def tables(results, profs, grads, cfg):
     lines = []
-    for init in results:
+    for setting, by_mode in results.items():
+        params, _, _, max_iter = cfg["settings"][setting]
         lines += [
-            f"\nFinal losses, {init} initialisation (train / held-out):\n",
-            "| L | " + " | ".join(results[init]) + " |",
-            "|---" * (len(results[init]) + 1) + "|",
+            f"\nFinal losses (train / held-out), setting {setting!r}: {params}, "
+            f"{max_iter} L-BFGS iterations:\n",
+            "| L | " + " | ".join(by_mode) + " |",
+            "|---" * (len(by_mode) + 1) + "|",
         ]
-        for L in cfg["layers"]:
+        for L in next(iter(by_mode.values())):
             cells = [
-                f"{r[L]['train']:.4f} / {r[L]['test']:.4f}"
-                for r in results[init].values()
+                f"{r[L]['train']:.4f} / {r[L]['test']:.4f}" for r in by_mode.values()
             ]
             lines.append(f"| {L} | " + " | ".join(cells) + " |")
     lines += [
@@ -381,10 +408,11 @@ def load(path):
 
 def report(out, cfg, results, profs, grads):
     """Write the figures and ``tables.md``; print the tables."""
-    for init in results:
-        plot_curves(results, init, out / f"ergodic_curves_{init}.png")
-        plot_final(results, init, out / f"ergodic_final_{init}.png")
-        plot_profiles(profs, init, out / f"ergodic_profile_{init}.png")
+    for setting in results:
+        plot_curves(results, setting, out / f"ergodic_curves_{setting}.png")
+        plot_final(results, setting, out / f"ergodic_final_{setting}.png")
+    for setting in ("tv", "random"):
+        plot_profiles(profs, setting, out / f"ergodic_profile_{setting}.png")
     plot_gradients(grads, cfg["grad_layers"], out / "ergodic_gradients.png")
     table = tables(results, profs, grads, cfg)
     print(table)
@@ -407,7 +435,6 @@ def main(argv=None):
         report(out, *load(args.replot))
         return
     cfg = PRESETS["quick" if args.quick else args.preset]
-    modes = {m: MODES[m] for m in cfg["modes"]}
     start = time.perf_counter()
 
     def log(msg):
@@ -418,10 +445,10 @@ def main(argv=None):
     data = (X_train, Y_train, X_test, Y_test)
     log(f"noisy input loss: train {half_sq_loss(X_train, Y_train):.4f}")
 
-    results, estimators = train_all(data, cfg, modes, log, args.n_jobs)
-    profs = profiles(estimators, data, cfg, modes)
+    results, estimators = train_all(data, cfg, log, args.n_jobs)
+    profs = profiles(estimators, data, cfg)
     log("profiles done")
-    grads = gradient_study(data, cfg, estimators, modes)
+    grads = gradient_study(data, cfg, estimators)
     log("gradient study done")
     save(out, cfg, results, profs, grads)
     report(out, cfg, results, profs, grads)
