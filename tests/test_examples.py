@@ -15,7 +15,8 @@ def test_plot_ergodic_vs_last_quick(tmp_path):
     main = runpy.run_path(str(EXAMPLE))["main"]
     main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["results"]) == {"tv", "random"}
+    assert set(saved["results"]) == {"tv", "random", "tv-huber"}
+    assert "implicit" in saved["results"]["tv-huber"]
     for name in ("curves_tv", "final_random", "profile_tv", "gradients"):
         assert (tmp_path / f"ergodic_{name}.png").stat().st_size > 0
     # The replot path reads back what was saved.
