@@ -41,8 +41,8 @@ from sklearn.utils.parallel import Parallel, delayed
 
 from ._operators import DenseOperator
 
-#: Newton stops when every sample's gradient norm is below this (absolute, in
-#: the units of x); the problem is 1-strongly convex, so it bounds
+#: Newton stops when every sample's gradient norm is below this times
+#: ``1 + ||x~||``; the problem is 1-strongly convex, so this bounds
 #: ``||x - x^||`` as well.
 NEWTON_TOL = 1e-11
 
@@ -120,7 +120,7 @@ def solve_lower_level(op, X, eps, *, max_iter, tol=NEWTON_TOL):
     max_iter : int
         Maximum number of Newton iterations.
     tol : float
-        Stop when every row's gradient norm is at most ``tol``.
+        Stop when every row's gradient norm is at most ``tol (1 + ||X_i||)``.
 
     Returns
     -------
@@ -129,6 +129,7 @@ def solve_lower_level(op, X, eps, *, max_iter, tol=NEWTON_TOL):
     converged : bool
     """
     cg_iter = 2 * op.n_primal + 50
+    tol = tol * (1.0 + np.linalg.norm(X, axis=1))
     X_hat = X.copy()
     U = op.apply(X_hat)
     value, psi, inner = _huber_terms(U, eps)
@@ -172,7 +173,7 @@ def solve_lower_level(op, X, eps, *, max_iter, tol=NEWTON_TOL):
 
 def _chunk_implicit(K, X_noisy, X_clean, eps, max_iter, n_total):
     op = DenseOperator(K)
-    X_hat, n_iter, converged = solve_lower_level(op, X_noisy, eps, max_iter=max_iter)
+    X_hat, _, converged = solve_lower_level(op, X_noisy, eps, max_iter=max_iter)
     if X_clean is None:
         return X_hat, converged
     g = (X_hat - X_clean) / n_total
