@@ -284,7 +284,7 @@ def plot_final(results, setting, path):
 
 
 def plot_profiles(profs, init, path):
-    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
+    fig, axes = plt.subplots(1, 3, figsize=(9.9, 3))
     for (kind, i, mode), prof in profs.items():
         if kind != "trained" or i != init:
             continue
@@ -294,12 +294,14 @@ def plot_profiles(profs, init, path):
         axes[0].plot(layers, prof["delta_D_norm"], "--", color=color)
         axes[1].plot(layers, prof["delta_P_range_share"], color=color, label=mode)
         axes[1].plot(layers, prof["delta_D_range_share"], "--", color=color)
+        axes[2].plot(layers, prof["grad_contribution"], color=color)
     axes[0].set(yscale="log", xlabel="layer l", title="‖δ_P‖ (solid), ‖δ_D‖ (dashed)")
     axes[1].set(
         xlabel="layer l",
         title="share outside ker K (δ_P), ker Kᵀ (δ_D)",
         ylim=(0, 1.05),
     )
+    axes[2].set(yscale="log", xlabel="layer l", title="‖layer l's term of ∇_K‖")
     axes[0].legend(fontsize=7)
     fig.suptitle(
         f"backward profile at L = {len(layers)}, trained operators, {init} init",
@@ -353,8 +355,9 @@ def tables(results, profs, grads, cfg):
         "mode, or shared = trained in last mode):\n",
         "| operator | init | mode | ‖δ_P^[1]‖/‖δ_P^[L]‖ | ‖δ_D^[1]‖/‖δ_D^[L]‖ "
         "| δ_P share outside ker K, layer 1 / L "
-        "| δ_D share outside ker Kᵀ, layer 1 / L |",
-        "|---|---|---|---|---|---|---|",
+        "| δ_D share outside ker Kᵀ, layer 1 / L "
+        "| ‖∇_K term‖, layer 1 / L |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (kind, init, mode), prof in profs.items():
         share, dshare = prof["delta_P_range_share"], prof["delta_D_range_share"]
@@ -362,7 +365,8 @@ def tables(results, profs, grads, cfg):
             f"| {kind} | {init} | {mode} | {decay_ratio(prof, 'delta_P_norm'):.3g} "
             f"| {decay_ratio(prof, 'delta_D_norm'):.3g} "
             f"| {share[0]:.3f} / {share[-1]:.3f} "
-            f"| {dshare[0]:.3f} / {dshare[-1]:.3f} |"
+            f"| {dshare[0]:.3f} / {dshare[-1]:.3f} "
+            f"| {decay_ratio(prof, 'grad_contribution'):.3g} |"
         )
     layers = cfg["grad_layers"]
     lines += [
