@@ -340,14 +340,15 @@ def tables(results, profs, grads, cfg):
     for setting, by_mode in results.items():
         params, _, _, max_iter = cfg["settings"][setting]
         lines += [
-            f"\nFinal losses (train / held-out), setting {setting!r}: {params}, "
-            f"{max_iter} L-BFGS iterations:\n",
+            f"\nFinal losses (train / held-out, and L-BFGS iterations run out of "
+            f"{max_iter}), setting {setting!r}: {params}:\n",
             "| L | " + " | ".join(by_mode) + " |",
             "|---" * (len(by_mode) + 1) + "|",
         ]
         for L in next(iter(by_mode.values())):
             cells = [
-                f"{r[L]['train']:.4f} / {r[L]['test']:.4f}" for r in by_mode.values()
+                f"{r[L]['train']:.4f} / {r[L]['test']:.4f} ({len(r[L]['curve']) - 1})"
+                for r in by_mode.values()
             ]
             lines.append(f"| {L} | " + " | ".join(cells) + " |")
     lines += [
