@@ -32,11 +32,16 @@ PROFILE_KEYS = (
 )
 
 
-def _range_bases(K):
-    """Orthonormal bases of ``range(K^T)`` (n, r) and ``range(K)`` (m, r)."""
+def _range_bases(K, kernel_rtol=None):
+    """Orthonormal bases of ``range(K^T)`` (n, r) and ``range(K)`` (m, r).
+
+    Singular values at most ``kernel_rtol * s_max`` count as zero; ``None``
+    is the threshold of ``np.linalg.matrix_rank``.
+    """
     U, s, Vt = np.linalg.svd(K.astype(np.float64), full_matrices=False)
-    # The rank threshold of np.linalg.matrix_rank.
-    rank = int(np.sum(s > s[0] * max(K.shape) * np.finfo(K.dtype).eps)) if s[0] else 0
+    if kernel_rtol is None:
+        kernel_rtol = max(K.shape) * np.finfo(K.dtype).eps
+    rank = int(np.sum(s > s[0] * kernel_rtol)) if s[0] else 0
     return Vt[:rank].T, U[:, :rank]
 
 
@@ -52,6 +57,7 @@ def backprop_profile(
     huber_eps=0.01,
     sigma=None,
     tau=None,
+    kernel_rtol=None,
     chunk_size=None,
 ):
     r"""Per-layer profile of the backward pass of the unrolled denoiser.
@@ -94,6 +100,13 @@ def backprop_profile(
     huber_eps : float, default=0.01
     sigma, tau : float or None, default=None
         As in :func:`~sklearn_ergo.unrolled_loss_grad`.
+    kernel_rtol : float, default=None
+        Singular values of ``K`` at most ``kernel_rtol`` times the largest one
+        span the kernels used for the shares.  ``None``: the numerical rank
+        of ``np.linalg.matrix_rank`` (exact kernels).  Learned operators
+        rarely have an exact kernel but often a near one (e.g. constants,
+        for rows that nearly sum to zero), which a tolerance such as ``1e-2``
+        reveals.
     chunk_size : int, default=None
         Samples per chunk (bounds the memory of the tape); the chunks are
         processed in turn and the norms combined exactly.
@@ -127,7 +140,9 @@ def backprop_profile(
     alpha = output_weights(n_layers, unroll, ergodic_weights)
     pen = make_penalty(penalty, huber_eps)
     steps = step_schedule(DenseOperator(K), n_layers, sigma, tau)[0]
-    sq, terms = _record_layers(K, X_noisy, X_clean, steps, pen, alpha, chunk_size)
+    sq, terms = _record_layers(
+        K, X_noisy, X_clean, steps, pen, alpha, kernel_rtol, chunk_size
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "delta_P_norm": np.sqrt(sq["P"]),
@@ -138,14 +153,16 @@ def backprop_profile(
         }
 
 
-def _record_layers(K, X_noisy, X_clean, steps, pen, alpha, chunk_size=None):
+def _record_layers(
+    K, X_noisy, X_clean, steps, pen, alpha, kernel_rtol=None, chunk_size=None
+):
     """Batch sums of squares of the adjoints and each layer's gradient term.
 
     Returns ``sq`` (dict of arrays of shape (L,): ``P``, ``D``, ``P_range``,
     ``D_range``) and ``terms`` of shape (L, m, n), whose sum is the gradient
     at fixed steps.
     """
-    V, U = _range_bases(K)
+    V, U = _range_bases(K, kernel_rtol)
     n_samples, n_features = X_noisy.shape
     L = steps.n_layers
     sq = {name: np.zeros(L) for name in ("P", "D", "P_range", "D_range")}
@@ -181,7 +198,7 @@ def _record_layers(K, X_noisy, X_clean, steps, pen, alpha, chunk_size=None):
     return sq, terms
 
 
-def estimator_backprop_profile(estimator, X, y, *, chunk_size=None):
+def estimator_backprop_profile(estimator, X, y, *, kernel_rtol=None, chunk_size=None):
     """:func:`backprop_profile` of a fitted ``AnalysisOperatorLearner``.
 
     Uses the estimator's operator, unrolling settings and data scaling
@@ -193,6 +210,8 @@ def estimator_backprop_profile(estimator, X, y, *, chunk_size=None):
         A fitted estimator with ``unroll`` in ``{"last", "ergodic"}``.
     X, y : array-like of shape (n_samples, n_features)
         Noisy and clean signals, in the units of the training data.
+    kernel_rtol : float, default=None
+        See :func:`backprop_profile`.
     chunk_size : int, default=None
 
     Returns
@@ -227,5 +246,6 @@ def estimator_backprop_profile(estimator, X, y, *, chunk_size=None):
         ergodic_weights=estimator.ergodic_weights,
         penalty=estimator.penalty,
         huber_eps=estimator.huber_eps,
+        kernel_rtol=kernel_rtol,
         chunk_size=chunk_size,
     )

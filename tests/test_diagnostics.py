@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sklearn_ergo import AnalysisOperatorLearner, unrolled_loss_grad
+from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise, unrolled_loss_grad
 from sklearn_ergo._chambolle_pock import constant_steps
 from sklearn_ergo._prox import make_penalty
 from sklearn_ergo._unrolled import output_weights
@@ -135,6 +135,25 @@ def test_shares_on_known_kernel():
     )
     np.testing.assert_allclose(prof["delta_P_range_share"], 1.0)
     np.testing.assert_allclose(prof["delta_D_range_share"], 1.0)
+
+
+def test_kernel_rtol_treats_small_singular_values_as_kernel():
+    # K = diag(1, 1e-3, 1): with kernel_rtol = 1e-2 the second coordinate
+    # spans ker K.  With L = 1, delta_P^[1] is proportional to X_hat - X_clean.
+    rng = np.random.default_rng(5)
+    K = 0.3 * np.diag([1.0, 1e-3, 1.0])
+    X_clean = rng.standard_normal((4, 3))
+    X_noisy = X_clean + rng.standard_normal((4, 3))
+    kw = dict(n_layers=1, sigma=1.0, tau=1.0)
+    exact = backprop_profile(K, X_noisy, X_clean, **kw)
+    near = backprop_profile(K, X_noisy, X_clean, kernel_rtol=1e-2, **kw)
+    np.testing.assert_allclose(exact["delta_P_range_share"], 1.0)
+    g = unrolled_denoise(K, X_noisy, **kw) - X_clean
+    np.testing.assert_allclose(
+        near["delta_P_range_share"][0],
+        np.linalg.norm(g[:, [0, 2]]) / np.linalg.norm(g),
+    )
+    np.testing.assert_allclose(near["delta_P_norm"], exact["delta_P_norm"])
 
 
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
