@@ -22,7 +22,7 @@ from ._prox import make_penalty
 #: = c^2 < 1`` with a margin that survives rounding of the norm.
 STEP_FACTOR = 0.99
 
-UNROLL_MODES = ("last", "ergodic")
+UNROLL_MODES = ("last", "ergodic", "implicit")
 
 # Tape memory per chunk (bytes): large enough for efficient GEMMs, small
 # enough that n_jobs workers with a tape each stay far below the RAM.

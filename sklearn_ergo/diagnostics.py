@@ -135,6 +135,11 @@ def backprop_profile(
     >>> bool(prof["delta_P_norm"][0] < prof["delta_P_norm"][-1])
     True
     """
+    if unroll == "implicit":
+        raise ValueError(
+            "backprop_profile profiles the layers of the unrolled map; "
+            "unroll='implicit' has none. Use unroll='last' or 'ergodic'."
+        )
     K, X_noisy, X_clean = _check_inputs(K, X_noisy, X_clean)
     n_layers = _check_n_layers(n_layers)
     alpha = output_weights(n_layers, unroll, ergodic_weights)

@@ -210,3 +210,9 @@ def test_estimator_profile_uses_scale():
     )
     for key in PROFILE_KEYS:
         np.testing.assert_allclose(prof[key], ref[key])
+
+
+def test_implicit_has_no_profile():
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match="unroll='implicit' has none"):
+        backprop_profile(np.eye(4), X, X, n_layers=3, unroll="implicit")

@@ -102,6 +102,12 @@ def test_l1_is_refused():
         AnalysisOperatorLearner(unroll="implicit").fit(X_noisy, X_clean)
 
 
+def test_unknown_mode_lists_implicit():
+    K, X_noisy, X_clean = _problem(4, 6)
+    with pytest.raises(ValueError, match="implicit"):
+        unrolled_loss_grad(K, X_noisy, X_clean, n_layers=5, unroll="bogus")
+
+
 def test_estimator_implicit():
     rng = np.random.default_rng(3)
     X_clean = np.repeat(rng.uniform(size=(150, 3)), 3, axis=1)
