@@ -72,10 +72,10 @@ class AnalysisOperatorLearner(
     unroll : {"last", "ergodic", "implicit"}, default="last"
         Output the last iterate ``r^[L]`` or the ergodic average
         ``sum_l alpha_l r^[l]``.  Measured on natural-image patches, operators
-        trained with ``"last"`` denoise better at equal L (see the README's
-        study), hence the default.  ``"implicit"`` (``penalty="huber"`` only)
-        uses the exact minimiser of the lower-level problem and the true
-        bilevel gradient, by implicit differentiation.
+        trained with ``"last"`` denoise as well or better at equal L (see the
+        study in ``docs/ergodic.md``), hence the default.  ``"implicit"``
+        (``penalty="huber"`` only) uses the exact minimiser of the lower-level
+        problem and the true bilevel gradient, by implicit differentiation.
     ergodic_weights : {"uniform", "linear"} or array-like, default="uniform"
         Weights ``alpha_l`` of the ergodic average: ``1 / L``, ``∝ l``, or an
         explicit non-negative array of length ``n_layers``.
