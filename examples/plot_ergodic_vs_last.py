@@ -31,9 +31,12 @@ in image units (the noisy input scores about 0.32).
 Run as a script (figures, ``results.json``, ``tables.md`` and the trained
 operators, ``operators.npz``, are written to ``--out``)::
 
-    python examples/plot_ergodic_vs_last.py --out ergodic_figures  # ~4 min, 1 core
-    python examples/plot_ergodic_vs_last.py --quick --out /tmp/q     # < 60 s (CI)
-    python benchmarks/ergodic_study.py                               # docs/ergodic.md
+    python examples/plot_ergodic_vs_last.py --out ergodic_figures  # 3.5 min
+    python examples/plot_ergodic_vs_last.py --quick --out /tmp/q     # 10-20 s (CI)
+    python benchmarks/ergodic_study.py --out docs/ergodic            # 12 min
+    python examples/plot_ergodic_vs_last.py --replot docs/ergodic/results.json
+
+(wall-clock times measured on a 2-core machine shared with other jobs).
 
 Requires matplotlib (``pip install "sklearn-ergo[examples]"``).
 """
