@@ -18,6 +18,7 @@ from sklearn.utils import check_array, check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._implicit import check_implicit_penalty, implicit_denoise, implicit_loss_grad
 from ._init import finite_difference_operator, zero_mean_random_rows
 from ._operators import DenseOperator
 from ._optim import Adam, BestTracker
@@ -95,11 +96,15 @@ class AnalysisOperatorLearner(
         Number ``L`` of unrolled iterations, used by ``fit`` and ``predict``.
         On 8x8 natural-image patches L = 20 learns a clear gain over tuned
         patch TV in ~20 L-BFGS iterations; larger L costs linearly more.
-    unroll : {"last", "ergodic"}, default="last"
+        Unused by ``unroll="implicit"``, which solves the lower level to
+        convergence.
+    unroll : {"last", "ergodic", "implicit"}, default="last"
         Output the last iterate ``r^[L]`` or the ergodic average
         ``sum_l alpha_l r^[l]``.  Measured on natural-image patches, operators
-        trained with ``"last"`` denoise better at equal L (see the README's
-        study), hence the default.
+        trained with ``"last"`` denoise as well or better at equal L (see the
+        study in ``docs/ergodic.md``), hence the default.  ``"implicit"``
+        (``penalty="huber"`` only) uses the exact minimiser of the lower-level
+        problem and the true bilevel gradient, by implicit differentiation.
     ergodic_weights : {"uniform", "linear"} or array-like, default="uniform"
         Weights ``alpha_l`` of the ergodic average: ``1 / L``, ``∝ l``, or an
         explicit non-negative array of length ``n_layers``.
@@ -224,7 +229,7 @@ class AnalysisOperatorLearner(
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "n_layers": [Interval(Integral, 1, None, closed="left")],
-        "unroll": [StrOptions({"last", "ergodic"})],
+        "unroll": [StrOptions({"last", "ergodic", "implicit"})],
         "ergodic_weights": [StrOptions({"uniform", "linear"}), "array-like"],
         "penalty": [StrOptions({"l1", "huber"})],
         "huber_eps": [Interval(Real, 0, None, closed="neither")],
@@ -300,13 +305,16 @@ class AnalysisOperatorLearner(
 
     # -- the map -----------------------------------------------------------
     def _model(self):
-        """Output weights and penalty object of the configured map."""
-        return (
-            output_weights(self.n_layers, self.unroll, self.ergodic_weights),
-            make_penalty(self.penalty, self.huber_eps),
-        )
+        """Output weights (None for ``"implicit"``) and penalty of the map."""
+        pen = make_penalty(self.penalty, self.huber_eps)
+        if self.unroll == "implicit":
+            check_implicit_penalty(pen)
+            return None, pen
+        return output_weights(self.n_layers, self.unroll, self.ergodic_weights), pen
 
     def _loss_grad(self, K, X, Y, alpha, pen):
+        if alpha is None:
+            return implicit_loss_grad(K, X, Y, pen, n_jobs=self.n_jobs)
         steps, norm, norm_grad = step_schedule(DenseOperator(K), self.n_layers)
         loss, grad = _loss_grad(
             K, X, Y, steps, norm, norm_grad, pen, alpha, self.n_jobs
@@ -318,16 +326,15 @@ class AnalysisOperatorLearner(
         return loss, grad
 
     def _loss(self, K, X, Y, alpha, pen):
-        steps = step_schedule(DenseOperator(K), self.n_layers)[0]
-        residual = _denoise(K, X, steps, pen, alpha, self.n_jobs) - Y
+        residual = self._apply(K, X, alpha, pen) - Y
         return 0.5 * float(np.vdot(residual, residual)) / len(X)
 
     # -- fit ---------------------------------------------------------------
     def _validate_pairs(self, X, y, reset):
         if y is None:
             raise ValueError(
-                f"{type(self).__name__} requires y: the clean signals, an array of "
-                "the same shape as X."
+                f"{type(self).__name__} requires y to be passed, but the target y is "
+                "None: pass the clean signals, an array of the same shape as X."
             )
         X, y = validate_data(
             self,
@@ -338,13 +345,15 @@ class AnalysisOperatorLearner(
             y_numeric=True,
             dtype=[np.float64, np.float32],
         )
+        if X.shape[0] < 2:
+            raise ValueError(
+                f"At least 2 samples are needed to fit, got n_samples={X.shape[0]}."
+            )
         if y.shape != X.shape:
             raise ValueError(
                 f"y must have the same shape as X (clean signals for noisy ones); "
                 f"got X of shape {X.shape} and y of shape {y.shape}."
             )
-        if X.shape[0] < 2:
-            raise ValueError(f"At least 2 samples are needed to fit, got {X.shape[0]}.")
         return X, y.astype(X.dtype, copy=False)
 
     def _initial_operator(self, X, Y, alpha, pen, rng):
@@ -378,7 +387,7 @@ class AnalysisOperatorLearner(
             if n_features < 2:
                 raise ValueError(
                     "init='tv' needs at least 2 features (finite differences); "
-                    "got 1 feature. Use init='random'."
+                    "got 1 feature(s). Use init='random'."
                 )
             D = finite_difference_operator(n_features)
             m = self.n_components or len(D)
@@ -633,9 +642,15 @@ class AnalysisOperatorLearner(
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         alpha, pen = self._model()
         K = self.components_.astype(X.dtype, copy=False)
-        steps = step_schedule(DenseOperator(K), self.n_layers)[0]
         scale = X.dtype.type(self.scale_)
-        return _denoise(K, X / scale, steps, pen, alpha, self.n_jobs) * scale
+        return self._apply(K, X / scale, alpha, pen) * scale
+
+    def _apply(self, K, X, alpha, pen):
+        """The configured map on normalised inputs."""
+        if alpha is None:
+            return implicit_denoise(K, X, pen, n_jobs=self.n_jobs)
+        steps = step_schedule(DenseOperator(K), self.n_layers)[0]
+        return _denoise(K, X, steps, pen, alpha, self.n_jobs)
 
     def transform(self, X):
         """Denoise ``X``; the same as :meth:`predict`, for use in pipelines."""

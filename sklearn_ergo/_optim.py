@@ -62,7 +62,9 @@ class BestTracker:
         """Record ``loss`` at ``params``; return True when progress has stalled."""
         if not np.isfinite(loss):
             return False
-        if loss < self.best_loss - self.tol * abs(self.best_loss):
+        if self.best_params is None or loss < self.best_loss - self.tol * abs(
+            self.best_loss
+        ):
             self.n_stalled = 0
         else:
             self.n_stalled += 1

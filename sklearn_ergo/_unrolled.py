@@ -16,6 +16,7 @@ from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from ._chambolle_pock import backward, constant_steps, forward
+from ._implicit import implicit_denoise, implicit_loss_grad
 from ._operators import DenseOperator
 from ._prox import make_penalty
 
@@ -23,7 +24,7 @@ from ._prox import make_penalty
 #: = c^2 < 1`` with a margin that survives rounding of the norm.
 STEP_FACTOR = 0.99
 
-UNROLL_MODES = ("last", "ergodic")
+UNROLL_MODES = ("last", "ergodic", "implicit")
 
 # Tape memory per chunk (bytes): large enough for efficient GEMMs, small
 # enough that n_jobs workers with a tape each stay far below the RAM.
@@ -216,9 +217,14 @@ def unrolled_loss_grad(
     X_noisy, X_clean : array-like of shape (n_samples, n_features)
         Noisy inputs and clean targets.  float32 input is computed in float32.
     n_layers : int
-        Number ``L`` of unrolled iterations.
-    unroll : {"last", "ergodic"}, default="last"
-        Output the last iterate or the ergodic average of the iterates.
+        Number ``L`` of unrolled iterations.  Unused by ``unroll="implicit"``,
+        which solves the lower level to convergence (``L = infinity``).
+    unroll : {"last", "ergodic", "implicit"}, default="last"
+        Output the last iterate or the ergodic average of the iterates; or,
+        ``"implicit"``, the exact solution of the lower-level problem with the
+        true bilevel gradient by implicit differentiation (needs
+        ``penalty="huber"``; computed in float64; see
+        :mod:`sklearn_ergo._implicit`).
     ergodic_weights : {"uniform", "linear"} or array-like, default="uniform"
         Weights of the ergodic average (see :func:`output_weights`).
     penalty : {"l1", "huber"}, default="l1"
@@ -228,7 +234,7 @@ def unrolled_loss_grad(
     sigma, tau : float or None, default=None
         Fixed dual and primal steps (constants, ``sigma tau ||K||^2 < 1``
         required).  ``None`` for both: ``sigma = tau = 0.99 / ||K||_2``,
-        differentiated through.
+        differentiated through.  Unused by ``unroll="implicit"``.
     n_jobs : int, default=None
         Number of joblib workers for the chunks of samples.
     chunk_size : int, default=None
@@ -270,8 +276,17 @@ def unrolled_loss_grad(
     """
     K, X_noisy, X_clean = _check_inputs(K, X_noisy, X_clean)
     n_layers = _check_n_layers(n_layers)
-    alpha = output_weights(n_layers, unroll, ergodic_weights)
     pen = make_penalty(penalty, huber_eps)
+    if unroll == "implicit":
+        return implicit_loss_grad(
+            K,
+            X_noisy,
+            X_clean,
+            pen,
+            n_jobs=n_jobs,
+            chunk_size=chunk_size,
+        )
+    alpha = output_weights(n_layers, unroll, ergodic_weights)
     steps, norm, norm_grad = step_schedule(DenseOperator(K), n_layers, sigma, tau)
     return _loss_grad(
         K, X_noisy, X_clean, steps, norm, norm_grad, pen, alpha, n_jobs, chunk_size
@@ -338,11 +353,21 @@ def unrolled_denoise(
     Returns
     -------
     X_hat : ndarray of shape (n_samples, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ergo import unrolled_denoise
+    >>> K = 0.5 * np.array([[-1.0, 1.0, 0.0], [0.0, -1.0, 1.0]])  # 1-D TV
+    >>> unrolled_denoise(K, np.array([[0.0, 1.0, 0.0]]), n_layers=200).round(2)
+    array([[0.33, 0.33, 0.33]])
     """
     K, X_noisy, _ = _check_inputs(K, X_noisy)
     n_layers = _check_n_layers(n_layers)
-    alpha = output_weights(n_layers, unroll, ergodic_weights)
     pen = make_penalty(penalty, huber_eps)
+    if unroll == "implicit":
+        return implicit_denoise(K, X_noisy, pen, n_jobs=n_jobs, chunk_size=chunk_size)
+    alpha = output_weights(n_layers, unroll, ergodic_weights)
     steps = step_schedule(DenseOperator(K), n_layers, sigma, tau)[0]
     return _denoise(K, X_noisy, steps, pen, alpha, n_jobs, chunk_size)
 

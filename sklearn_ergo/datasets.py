@@ -40,6 +40,15 @@ def make_noisy_patches(
     Returns
     -------
     X_noisy, X_clean : ndarray of shape (n_patches, patch_size ** 2)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ergo.datasets import make_noisy_patches
+    >>> image = np.tile(np.linspace(0, 1, 32), (32, 1))
+    >>> X_noisy, X_clean = make_noisy_patches(image, 100, random_state=0)
+    >>> X_noisy.shape
+    (100, 64)
     """
     rng = check_random_state(random_state)
     if isinstance(image, str):
