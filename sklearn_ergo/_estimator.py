@@ -314,15 +314,14 @@ class AnalysisOperatorLearner(
 
     def _loss_grad(self, K, X, Y, alpha, pen):
         if alpha is None:
-            return implicit_loss_grad(K, X, Y, pen, n_jobs=self.n_jobs)
-        steps, norm, norm_grad = step_schedule(DenseOperator(K), self.n_layers)
-        loss, grad = _loss_grad(
-            K, X, Y, steps, norm, norm_grad, pen, alpha, self.n_jobs
-        )
-        if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
-            raise FloatingPointError(
-                f"non-finite loss or gradient at an operator of norm {norm:.3g}"
+            loss, grad = implicit_loss_grad(K, X, Y, pen, n_jobs=self.n_jobs)
+        else:
+            steps, norm, norm_grad = step_schedule(DenseOperator(K), self.n_layers)
+            loss, grad = _loss_grad(
+                K, X, Y, steps, norm, norm_grad, pen, alpha, self.n_jobs
             )
+        if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
+            raise FloatingPointError("non-finite loss or gradient")
         return loss, grad
 
     def _loss(self, K, X, Y, alpha, pen):
