@@ -23,9 +23,15 @@ STEP_FACTOR = 0.99
 
 UNROLL_MODES = ("last", "ergodic")
 
-# Tape memory per chunk (bytes): large enough for efficient GEMMs, small
-# enough that n_jobs workers with a tape each stay far below the RAM.
-_CHUNK_BYTES = 64 * 2**20
+# Tape memory per chunk (bytes).  A chunk's tape is written once per layer
+# forward and read once backward: while it stays in the last-level cache the
+# elementwise steps run at cache speed, beyond (64 MiB tapes) every layer
+# streams from DRAM and a gradient is up to 1.7x slower (measured, see
+# benchmarks/README.md).  Memory per worker is bounded by it, whatever N.
+_CHUNK_BYTES = 16 * 2**20
+# Fewest samples per chunk: below, the per-layer Python overhead and tiny
+# GEMMs dominate (deep unrolls of wide operators have large tapes per sample).
+_MIN_CHUNK = 32
 
 
 def output_weights(n_layers, unroll, ergodic_weights="uniform"):
@@ -132,7 +138,7 @@ def chunk_slices(
     """Even slices of the samples: at least one per job, tape within budget."""
     if chunk_size is None:
         per_sample = (n_layers + 1) * (n_features + n_components) * itemsize
-        chunk_size = max(16, _CHUNK_BYTES // per_sample)
+        chunk_size = max(_MIN_CHUNK, _CHUNK_BYTES // per_sample)
     n_chunks = max(-(-n_samples // chunk_size), min(n_jobs, n_samples))
     return list(gen_even_slices(n_samples, n_chunks))
 
@@ -213,7 +219,8 @@ def unrolled_loss_grad(
     n_jobs : int, default=None
         Number of joblib workers for the chunks of samples.
     chunk_size : int, default=None
-        Samples per chunk; by default chosen so a chunk's tape stays near 64 MiB.
+        Samples per chunk; by default chosen so a chunk's tape stays near
+        16 MiB (cache-sized).
 
     Returns
     -------
