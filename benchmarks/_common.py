@@ -1,6 +1,7 @@
 """Shared helpers of the benchmark scripts: timing, peak memory, tables."""
 
 import ctypes
+import os
 import platform
 import time
 
@@ -18,12 +19,30 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
+def _status_kib(field, pid="self"):
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+def _descendants(pid):
+    """Process ids of all descendants of ``pid`` (joblib/loky workers)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, pp in parents.items() if pp in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def _malloc_trim():
@@ -33,29 +52,35 @@ def _malloc_trim():
         pass
 
 
-def peak_memory_mib(fn):
+def peak_memory_mib(fn, children=False):
     """Peak resident memory added while ``fn()`` runs, in MiB, or None.
 
-    Linux only: resets the process's high-water mark (``clear_refs``), so the
-    peak is that of this call, whatever ran before; freed heap memory is first
+    Linux only: resets the high-water mark of this process (and, with
+    ``children``, of its worker processes) through ``clear_refs``, so the
+    peak is that of this call whatever ran before; freed heap memory is first
     returned to the system so that it is not silently reused.  Covers every
-    allocator (NumPy, PyTorch, BLAS workspaces) of this process, not those of
-    worker processes.
+    allocator (NumPy, PyTorch, BLAS workspaces).  With ``children`` the sum of
+    the per-process peaks is returned (an upper bound of the joint peak);
+    workers must already be running (warm them up first).
     """
+    pids = ["self"] + (_descendants(os.getpid()) if children else [])
     try:
         _malloc_trim()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kib("VmRSS")
-    except OSError:
+        before = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+            before += _status_kib("VmRSS", pid)
+    except (OSError, KeyError):
         return None
     fn()
-    return (_status_kib("VmHWM") - before) / 1024
+    try:
+        return (sum(_status_kib("VmHWM", pid) for pid in pids) - before) / 1024
+    except (OSError, KeyError):
+        return None
 
 
 def machine():
-    import os
-
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
 
 
