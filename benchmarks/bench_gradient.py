@@ -10,7 +10,9 @@ its SVD); ``--steps fixed`` uses the same constant steps in both instead.
 
 For every configuration the script first checks that the two implementations
 agree (loss and gradient), then times them interleaved (same process, same
-thread count for NumPy's BLAS and PyTorch), together with a plain NumPy GEMM
+number of cores: ``--threads T`` gives PyTorch T threads and sklearn-ergo
+``n_jobs=T`` workers with one BLAS thread each; the GEMM reference runs with T
+BLAS threads; default 1), together with a plain NumPy GEMM
 that gives the machine's attainable rate, and reports best-of-k and median
 times, the achieved GFLOP/s of a gradient evaluation (``12 m n L`` flops per
 sample) against that GEMM, and the peak memory of one evaluation.
@@ -24,7 +26,6 @@ PyTorch is optional (``pip install sklearn-ergo[bench]``); without it (or with
 
 import argparse
 import itertools
-import os
 import sys
 
 import numpy as np
@@ -95,7 +96,7 @@ def torch_loss_grad(torch, K, X_noisy, X_clean, n_layers, alpha, steps):
     residual = X + (r if out is None else out) - torch.from_numpy(X_clean)
     loss = 0.5 * (residual**2).sum() / N
     loss.backward()
-    return float(loss), K.grad.numpy()
+    return loss.item(), K.grad.numpy()
 
 
 def gemm_reference(dtype, size=1024, seed=1):
@@ -108,7 +109,8 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
     m, n = shape
     K, X_noisy, X_clean = make_problem(N, m, n, dtype)
     alpha = output_weights(L, unroll)
-    kw = dict(n_layers=L, unroll=unroll)
+    # the library's parallelism is n_jobs workers with one BLAS thread each
+    kw = dict(n_layers=L, unroll=unroll, n_jobs=args.threads)
     steps = None
     if args.steps == "fixed":
         from sklearn_ergo._operators import DenseOperator
@@ -125,7 +127,7 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
 
     gemm, gemm_flops = gemm_reference(dtype)
     use_torch = torch is not None
-    torch_gib = N * L * (4 * n + 3 * m) * np.dtype(dtype).itemsize / 2**30
+    torch_gib = N * L * (5 * n + 4 * m) * np.dtype(dtype).itemsize / 2**30
     if use_torch and torch_gib > args.torch_max_gib:
         print(f"  skip torch: its autograd tape needs ~{torch_gib:.1f} GiB")
         use_torch = False
@@ -176,7 +178,7 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
         result["torch best/med (s)"] = f"{t_best:.3f} / {t_med:.3f}"
         result["speed-up best (med)"] = f"{t_best / ours_best:.2f}x ({med_ratio:.2f}x)"
     if args.memory:
-        mem = peak_memory_mib(ours)
+        mem = peak_memory_mib(ours, children=args.threads > 1)
         result["peak MiB ours"] = "-" if mem is None else f"{mem:.0f}"
         if use_torch:
             mem = peak_memory_mib(theirs)
@@ -196,7 +198,12 @@ def parse_args(argv):
     p.add_argument("--unroll", nargs="+", choices=GRID["unroll"])
     p.add_argument("--steps", choices=["default", "fixed"], default="default")
     p.add_argument("--repeat", type=int, default=5, help="timed runs (best-of-k)")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="PyTorch threads, and n_jobs of sklearn-ergo (one BLAS thread each)",
+    )
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument(
