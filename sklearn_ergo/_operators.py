@@ -58,7 +58,12 @@ class DenseOperator:
 
     def weight_grad_acc(self, Y, X, out, alpha=1.0):
         """``out <- out + alpha * Y^T X`` in place."""
-        _gemm(alpha, X.T, Y.T, 1.0, out.T, trans_b=1)
+        # Summed over blocks of samples: OpenBLAS reaches 25-35% more GFLOP/s
+        # on these small-output products with an inner dimension of ~128
+        # than with the whole chunk (measured for m, n = 64..112).
+        for start in range(0, len(X), _INNER_BLOCK):
+            stop = start + _INNER_BLOCK
+            _gemm(alpha, X[start:stop].T, Y[start:stop].T, 1.0, out.T, trans_b=1)
 
     def norm_and_grad(self):
         """Spectral norm ``||K||_2`` and its gradient ``u v^T`` (top singular pair).
@@ -71,6 +76,9 @@ class DenseOperator:
         # sigma * tau * ||K||^2 < 1 to the last bit, whatever the working dtype.
         u, s, vt = np.linalg.svd(self.weights.astype(np.float64, copy=False))
         return float(s[0]), np.outer(u[:, 0], vt[0])
+
+
+_INNER_BLOCK = 128
 
 
 def _gemm(alpha, a, b, beta, c, trans_a=0, trans_b=0):
