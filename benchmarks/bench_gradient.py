@@ -15,7 +15,8 @@ number of cores: ``--threads T`` gives PyTorch T threads and sklearn-ergo
 BLAS threads; default 1), together with a plain NumPy GEMM
 that gives the machine's attainable rate, and reports best-of-k and median
 times, the achieved GFLOP/s of a gradient evaluation (``12 m n L`` flops per
-sample) against that GEMM, and the peak memory of one evaluation.
+sample) against that GEMM (and PyTorch's own GEMM rate, whose BLAS differs),
+and the peak memory of one evaluation.
 
 Run ``python benchmarks/bench_gradient.py`` for the issue's target
 configurations, ``--quick`` for a smoke run (< 60 s), ``--full`` for the whole
@@ -100,9 +101,9 @@ def torch_loss_grad(torch, K, X_noisy, X_clean, n_layers, alpha, steps):
 
 
 def gemm_reference(dtype, size=1024, seed=1):
+    """Two square matrices whose product gives the attainable GEMM rate."""
     rng = np.random.default_rng(seed)
-    A, B = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
-    return (lambda: A @ B), 2.0 * size**3
+    return [rng.standard_normal((size, size)).astype(dtype) for _ in range(2)]
 
 
 def run_config(N, L, shape, dtype, unroll, args, torch):
@@ -111,6 +112,8 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
     alpha = output_weights(L, unroll)
     # the library's parallelism is n_jobs workers with one BLAS thread each
     kw = dict(n_layers=L, unroll=unroll, n_jobs=args.threads)
+    if args.chunk_size:
+        kw.update(chunk_size=args.chunk_size)
     steps = None
     if args.steps == "fixed":
         from sklearn_ergo._operators import DenseOperator
@@ -125,7 +128,8 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
     def theirs():
         return torch_loss_grad(torch, K, X_noisy, X_clean, L, alpha, steps)
 
-    gemm, gemm_flops = gemm_reference(dtype)
+    A, B = gemm_reference(dtype)
+    gemm_flops = 2.0 * len(A) ** 3
     use_torch = torch is not None
     torch_gib = N * L * (5 * n + 4 * m) * np.dtype(dtype).itemsize / 2**30
     if use_torch and torch_gib > args.torch_max_gib:
@@ -134,7 +138,7 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
 
     # agreement first
     loss, grad = ours()
-    row = {"ours": [], "torch": [], "gemm": []}
+    row = {"ours": [], "torch": [], "gemm": [], "torch_gemm": []}
     diff = ""
     if use_torch:
         t_loss, t_grad = theirs()
@@ -145,9 +149,11 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
             raise AssertionError(
                 f"implementations disagree: loss {d_loss:.2e}, gradient {d_grad:.2e}"
             )
-    impls = [("ours", ours), ("gemm", gemm)] + (
-        [("torch", theirs)] if use_torch else []
-    )
+    impls = [("ours", ours), ("gemm", lambda: A @ B)]
+    if use_torch:
+        # PyTorch's own BLAS (MKL in the x86 wheels) may outrun NumPy's
+        A_t, B_t = torch.from_numpy(A), torch.from_numpy(B)
+        impls += [("torch", theirs), ("torch_gemm", lambda: A_t @ B_t)]
     for rep in range(args.repeat):
         # alternate the order so that neither side always runs first
         for name, fn in impls if rep % 2 == 0 else impls[::-1]:
@@ -166,7 +172,7 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
         "torch best/med (s)": "-",
         "speed-up best (med)": "-",
         "ours GFLOP/s": f"{rate:.1f}",
-        "GEMM GFLOP/s": f"{gemm_rate:.1f}",
+        "GEMM GFLOP/s numpy / torch": f"{gemm_rate:.1f} / -",
         "% of GEMM": f"{100 * rate / gemm_rate:.0f}%",
         "peak MiB ours": "-",
         "peak MiB torch": "-",
@@ -177,6 +183,8 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
         med_ratio = np.median(np.array(row["torch"]) / np.array(row["ours"]))
         result["torch best/med (s)"] = f"{t_best:.3f} / {t_med:.3f}"
         result["speed-up best (med)"] = f"{t_best / ours_best:.2f}x ({med_ratio:.2f}x)"
+        t_gemm = gemm_flops / min(row["torch_gemm"]) / 1e9
+        result["GEMM GFLOP/s numpy / torch"] = f"{gemm_rate:.1f} / {t_gemm:.1f}"
     if args.memory:
         mem = peak_memory_mib(ours, children=args.threads > 1)
         result["peak MiB ours"] = "-" if mem is None else f"{mem:.0f}"
@@ -205,11 +213,12 @@ def parse_args(argv):
         help="PyTorch threads, and n_jobs of sklearn-ergo (one BLAS thread each)",
     )
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--chunk-size", type=int, help="sklearn-ergo's chunk_size")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument(
         "--torch-max-gib",
         type=float,
-        default=4.0,
+        default=8.0,
         help="skip PyTorch where its autograd tape would exceed this",
     )
     args = p.parse_args(argv)

@@ -32,8 +32,7 @@ UNROLL_MODES = ("last", "ergodic")
 # benchmarks/README.md).  Memory per worker is bounded by it, whatever N.
 _CHUNK_BYTES = 16 * 2**20
 # Working set per chunk of a forward pass without tape (prediction): about
-# three layers' iterates, kept within a core's L2 cache; measured 1.4x faster
-# than chunks of the tape budget.
+# three layers' iterates, kept within a core's L2 cache.
 _DENOISE_BYTES = 2 * 2**20
 # Fewest samples per chunk: below, the per-layer Python overhead and tiny
 # GEMMs dominate (deep unrolls of wide operators have large tapes per sample).
