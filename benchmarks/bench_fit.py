@@ -67,6 +67,35 @@ def epoch(K, X, Y, n_layers, n_jobs):
     return _loss_grad(K, X, Y, steps, norm, norm_grad, pen, alpha, n_jobs)
 
 
+def _gemm_rate(seconds=1.0):
+    """GFLOP/s of single-threaded solver-sized GEMMs run for ``seconds``."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((512, 112)), rng.standard_normal((112, 64))
+    with threadpool_limits(1):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            A @ B
+            count += 1
+        return count * 2 * A.shape[0] * A.shape[1] * B.shape[1] / seconds / 1e9
+
+
+def attainable_speedup(n_jobs):
+    """Aggregate GEMM throughput of ``n_jobs`` busy processes over one's.
+
+    What the cores actually deliver right now: other programs running on the
+    machine, or shared execution units, bring it below ``n_jobs``.
+    """
+    from joblib import Parallel, delayed
+
+    single = _gemm_rate()
+    return (
+        sum(Parallel(n_jobs=n_jobs)(delayed(_gemm_rate)() for _ in range(n_jobs)))
+        / single
+    )
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
@@ -117,7 +146,13 @@ def main(argv=None):
                 ]
             )
             print("  " + ", ".join(map(str, rows[-1])), flush=True)
-    print(f"\n# data: {source}\n")
+    print(f"\n# data: {source}")
+    for j in args.n_jobs[1:]:
+        print(
+            f"# attainable speed-up of n_jobs={j} now (GEMM throughput of {j} "
+            f"busy processes over one): {attainable_speedup(j):.2f}x"
+        )
+    print()
     header = [
         "N",
         "n_jobs",

@@ -152,7 +152,12 @@ def _single_blas_thread(chunk_function):
 
 
 @_single_blas_thread
-def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
+def _chunk_loss_grad(
+    K, X_noisy, X_clean, steps, penalty, alpha, n_total, rows=slice(None)
+):
+    # The whole arrays and the chunk's ``rows``: joblib then hands large
+    # arrays to process workers as memory maps instead of pickling each chunk.
+    X_noisy, X_clean = X_noisy[rows], X_clean[rows]
     op = DenseOperator(K)
     X_hat, tape = forward(op, X_noisy, steps, penalty, alpha, record=True)
     g = X_hat - X_clean
@@ -166,8 +171,8 @@ def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
 
 
 @_single_blas_thread
-def _chunk_denoise(K, X_noisy, steps, penalty, alpha):
-    return forward(DenseOperator(K), X_noisy, steps, penalty, alpha)[0]
+def _chunk_denoise(K, X_noisy, steps, penalty, alpha, rows=slice(None)):
+    return forward(DenseOperator(K), X_noisy[rows], steps, penalty, alpha)[0]
 
 
 def chunk_slices(
@@ -321,9 +326,7 @@ def _loss_grad(
         chunk_size,
     )
     results = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_loss_grad)(
-            K, X_noisy[s], X_clean[s], steps, pen, alpha, n_samples
-        )
+        delayed(_chunk_loss_grad)(K, X_noisy, X_clean, steps, pen, alpha, n_samples, s)
         for s in slices
     )
     loss = sum(r[0] for r in results)
@@ -380,7 +383,7 @@ def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
         budget=_DENOISE_BYTES,
     )
     parts = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_denoise)(K, X_noisy[s], steps, pen, alpha) for s in slices
+        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s) for s in slices
     )
     return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
