@@ -96,6 +96,35 @@ def attainable_speedup(n_jobs):
     )
 
 
+def blas_threads_check(K, N, n_layers, repeat):
+    """One epoch with the library's single-threaded chunks vs default BLAS threads.
+
+    Monkeypatches the library's thread limit away to show what it avoids:
+    cache-sized GEMMs split over BLAS threads, whose waits are costly when
+    the cores are busy.
+    """
+    import contextlib
+
+    from sklearn_ergo import _unrolled
+
+    X, Y, _ = make_data(N)
+    single = _unrolled._one_blas_thread
+    modes = {"1 (library)": single, "default": contextlib.nullcontext}
+    times = {name: [] for name in modes}
+    order = list(modes.items())
+    try:
+        for rep in range(repeat):
+            for name, limit in order if rep % 2 == 0 else order[::-1]:
+                _unrolled._one_blas_thread = limit
+                times[name].append(timed(partial(epoch, K, X, Y, n_layers, 1))[0])
+    finally:
+        _unrolled._one_blas_thread = single
+    rows = [
+        [N, name, f"{min(t):.3f} / {np.median(t):.3f}"] for name, t in times.items()
+    ]
+    return markdown_table(["N", "BLAS threads", "epoch best / median (s)"], rows)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
@@ -104,6 +133,12 @@ def parse_args(argv):
     p.add_argument("--L", type=int, default=20, help="n_layers (fit's default)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--fit", action="store_true", help="also time complete fits")
+    p.add_argument(
+        "--blas-threads-check",
+        type=int,
+        metavar="N",
+        help="also time an epoch of N samples with default BLAS threads",
+    )
     p.add_argument("--max-iter", type=int, default=5, help="L-BFGS iterations")
     args = p.parse_args(argv)
     if args.quick:
@@ -179,6 +214,9 @@ def main(argv=None):
                 print("  " + ", ".join(map(str, fit_rows[-1])), flush=True)
         print()
         print(markdown_table(["N", "n_jobs", "fit (s)", "L-BFGS iterations"], fit_rows))
+    if args.blas_threads_check:
+        print()
+        print(blas_threads_check(K, args.blas_threads_check, args.L, args.repeat))
     print(f"\n# effective CPUs for n_jobs=-1: {effective_n_jobs(-1)}, os: {os.name}")
 
 

@@ -27,9 +27,9 @@ UNROLL_MODES = ("last", "ergodic")
 
 # Tape memory per chunk (bytes).  A chunk's tape is written once per layer
 # forward and read once backward: while it stays in the last-level cache the
-# elementwise steps run at cache speed, beyond (64 MiB tapes) every layer
-# streams from DRAM and a gradient is up to 1.7x slower (measured, see
-# benchmarks/README.md).  Memory per worker is bounded by it, whatever N.
+# elementwise steps run at cache speed; with 64 MiB tapes every layer streams
+# from DRAM and a gradient was 1.1-1.3x slower (benchmarks/README.md).
+# Memory per worker is bounded by it, whatever N.
 _CHUNK_BYTES = 16 * 2**20
 # Working set per chunk of a forward pass without tape (prediction): about
 # three layers' iterates, kept within a core's L2 cache.
@@ -126,10 +126,11 @@ def _one_blas_thread():
 
     The solver's matrix products are cache-sized (and ``||K||`` is an SVD of a
     small matrix): too small for BLAS threads to pay off, and threads that
-    wait for busy cores are ruinous.  On a loaded 2-core machine a gradient
-    took 60x longer, and the SVD of a 112 x 64 ``K`` 300x longer, with two
-    BLAS threads than with one.  Parallelism comes from ``n_jobs`` workers,
-    one core each, so workers x threads never oversubscribe the machine.
+    wait for busy cores are ruinous: on a loaded 2-core machine a gradient
+    took 60x longer with two BLAS threads than with one (reproduce with
+    ``benchmarks/bench_fit.py --blas-threads-check``).  Parallelism comes
+    from ``n_jobs`` workers, one core each, so workers x threads never
+    oversubscribe the machine.
     """
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:  # inspecting the loaded libraries is slow
