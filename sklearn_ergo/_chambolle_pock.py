@@ -240,24 +240,36 @@ class _Fused:
         self.op = op
         self.weights = op.weights
         self.n_dual, self.n_primal = op.n_dual, op.n_primal
+        self._scratch = {}
 
     def __getattr__(self, name):
         return getattr(self.op, name)
 
-    @staticmethod
-    def _acc(value, out, alpha, beta):
-        value *= alpha
+    def _buffer(self, out):
+        key = (out.shape, out.dtype)
+        if key not in self._scratch:
+            self._scratch[key] = np.empty_like(out)
+        return self._scratch[key]
+
+    def _product(self, method, A, out, alpha, beta):
         if beta == 0.0:
-            np.copyto(out, value)
-        else:
+            method(A, out=out)
+            if alpha != 1.0:
+                out *= alpha
+            return
+        value = method(A, out=self._buffer(out))
+        value *= alpha
+        if beta != 1.0:
             out *= beta
-            out += value
+        out += value
 
     def apply_acc(self, X, out, alpha=1.0, beta=0.0):
-        self._acc(self.op.apply(X), out, alpha, beta)
+        self._product(self.op.apply, X, out, alpha, beta)
 
     def adjoint_acc(self, Y, out, alpha=1.0, beta=0.0):
-        self._acc(self.op.adjoint(Y), out, alpha, beta)
+        self._product(self.op.adjoint, Y, out, alpha, beta)
 
     def weight_grad_acc(self, Y, X, out, alpha=1.0):
-        self._acc(self.op.weight_grad(Y, X), out, alpha, 1.0)
+        value = self.op.weight_grad(Y, X)
+        value *= alpha
+        out += value
