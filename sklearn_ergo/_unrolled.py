@@ -7,11 +7,13 @@ processed independently and summed; the tape of a chunk is
 ``O((m + n) L)`` per sample, so the chunk size bounds the memory.
 """
 
+import functools
 import numbers
 
 import numpy as np
 from sklearn.utils import check_array, gen_even_slices
 from sklearn.utils.parallel import Parallel, delayed
+from threadpoolctl import ThreadpoolController
 
 from ._chambolle_pock import backward, constant_steps, forward
 from ._implicit import implicit_denoise, implicit_loss_grad
@@ -24,9 +26,18 @@ STEP_FACTOR = 0.99
 
 UNROLL_MODES = ("last", "ergodic", "implicit")
 
-# Tape memory per chunk (bytes): large enough for efficient GEMMs, small
-# enough that n_jobs workers with a tape each stay far below the RAM.
-_CHUNK_BYTES = 64 * 2**20
+# Tape memory per chunk (bytes).  A chunk's tape is written once per layer
+# forward and read once backward: while it stays in the last-level cache the
+# elementwise steps run at cache speed; with 64 MiB tapes every layer streams
+# from DRAM and a gradient was 1.1-1.3x slower (benchmarks/README.md).
+# Memory per worker is bounded by it, whatever N.
+_CHUNK_BYTES = 16 * 2**20
+# Working set per chunk of a forward pass without tape (prediction): about
+# three layers' iterates, kept within a core's L2 cache.
+_DENOISE_BYTES = 2 * 2**20
+# Fewest samples per chunk: below, the per-layer Python overhead and tiny
+# GEMMs dominate (deep unrolls of wide operators have large tapes per sample).
+_MIN_CHUNK = 32
 
 
 def output_weights(n_layers, unroll, ergodic_weights="uniform"):
@@ -84,7 +95,8 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     ``(||K||, d||K||/dK)`` so that gradients can include them).  Explicit steps
     are constants and must satisfy ``sigma tau ||K||^2 < 1``.
     """
-    norm, norm_grad = op.norm_and_grad()
+    with _one_blas_thread():
+        norm, norm_grad = op.norm_and_grad()
     if not np.isfinite(norm):
         raise ValueError("The operator K contains non-finite values.")
     if sigma is None and tau is None:
@@ -110,7 +122,44 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     return constant_steps(float(sigma), float(tau), n_layers), norm, norm_grad
 
 
-def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
+def _one_blas_thread():
+    """Context in which BLAS and LAPACK run single-threaded.
+
+    The solver's matrix products are cache-sized (and ``||K||`` is an SVD of a
+    small matrix): too small for BLAS threads to pay off, and threads that
+    wait for busy cores are ruinous: on a loaded 2-core machine a gradient
+    took 60x longer with two BLAS threads than with one (reproduce with
+    ``benchmarks/bench_fit.py --blas-threads-check``).  Parallelism comes
+    from ``n_jobs`` workers, one core each, so workers x threads never
+    oversubscribe the machine.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:  # inspecting the loaded libraries is slow
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_BLAS_CONTROLLER = None
+
+
+def _single_blas_thread(chunk_function):
+    """Decorate ``chunk_function`` to run in :func:`_one_blas_thread`."""
+
+    @functools.wraps(chunk_function)
+    def run(*args):
+        with _one_blas_thread():
+            return chunk_function(*args)
+
+    return run
+
+
+@_single_blas_thread
+def _chunk_loss_grad(
+    K, X_noisy, X_clean, steps, penalty, alpha, n_total, rows=slice(None)
+):
+    # The whole arrays and the chunk's ``rows``: joblib then hands large
+    # arrays to process workers as memory maps instead of pickling each chunk.
+    X_noisy, X_clean = X_noisy[rows], X_clean[rows]
     op = DenseOperator(K)
     X_hat, tape = forward(op, X_noisy, steps, penalty, alpha, record=True)
     g = X_hat - X_clean
@@ -123,17 +172,26 @@ def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
     return loss, grad_D, sigma_sens, tau_sens
 
 
-def _chunk_denoise(K, X_noisy, steps, penalty, alpha):
-    return forward(DenseOperator(K), X_noisy, steps, penalty, alpha)[0]
+@_single_blas_thread
+def _chunk_denoise(K, X_noisy, steps, penalty, alpha, rows=slice(None)):
+    return forward(DenseOperator(K), X_noisy[rows], steps, penalty, alpha)[0]
 
 
 def chunk_slices(
-    n_samples, n_features, n_components, n_layers, itemsize, n_jobs, chunk_size=None
+    n_samples,
+    n_features,
+    n_components,
+    n_layers,
+    itemsize,
+    n_jobs,
+    chunk_size=None,
+    *,
+    budget=_CHUNK_BYTES,
 ):
-    """Even slices of the samples: at least one per job, tape within budget."""
+    """Even slices of the samples: at least one per job, tape within ``budget``."""
     if chunk_size is None:
         per_sample = (n_layers + 1) * (n_features + n_components) * itemsize
-        chunk_size = max(16, _CHUNK_BYTES // per_sample)
+        chunk_size = max(_MIN_CHUNK, budget // per_sample)
     n_chunks = max(-(-n_samples // chunk_size), min(n_jobs, n_samples))
     return list(gen_even_slices(n_samples, n_chunks))
 
@@ -217,9 +275,11 @@ def unrolled_loss_grad(
         required).  ``None`` for both: ``sigma = tau = 0.99 / ||K||_2``,
         differentiated through.  Unused by ``unroll="implicit"``.
     n_jobs : int, default=None
-        Number of joblib workers for the chunks of samples.
+        Number of joblib workers for the chunks of samples.  Each chunk runs
+        with single-threaded BLAS, so ``n_jobs`` is the number of cores used.
     chunk_size : int, default=None
-        Samples per chunk; by default chosen so a chunk's tape stays near 64 MiB.
+        Samples per chunk; by default chosen so a chunk's tape stays near
+        16 MiB (cache-sized).
 
     Returns
     -------
@@ -282,9 +342,7 @@ def _loss_grad(
         chunk_size,
     )
     results = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_loss_grad)(
-            K, X_noisy[s], X_clean[s], steps, pen, alpha, n_samples
-        )
+        delayed(_chunk_loss_grad)(K, X_noisy, X_clean, steps, pen, alpha, n_samples, s)
         for s in slices
     )
     loss = sum(r[0] for r in results)
@@ -339,18 +397,19 @@ def unrolled_denoise(
 
 def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
     n_samples, n_features = X_noisy.shape
-    # No tape in prediction: chunks are only for parallelism.
+    # No tape in prediction: the chunk's iterates (~3 layers) fit in cache.
     slices = chunk_slices(
         n_samples,
         n_features,
         K.shape[0],
-        1,
+        2,
         X_noisy.itemsize,
         _n_jobs(n_jobs),
         chunk_size,
+        budget=_DENOISE_BYTES,
     )
     parts = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_denoise)(K, X_noisy[s], steps, pen, alpha) for s in slices
+        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s) for s in slices
     )
     return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
