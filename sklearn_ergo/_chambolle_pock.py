@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._operators import blas
 from ._prox import SquaredL2
 
 _G = SquaredL2()
@@ -66,15 +67,17 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
     tape : tuple (R, Y) or None
         ``R[l] = r^[l]`` for ``l = 0..L`` and ``Y[l-1] = y^[l]``.
     """
+    op = fused(op)
+    X = np.ascontiguousarray(X)
     N, n = X.shape
     L, m, dtype = steps.n_layers, op.n_dual, X.dtype
     if record:
-        R = np.zeros((L + 1, N, n), dtype=dtype)
+        R = np.empty((L + 1, N, n), dtype=dtype)
         Y = np.empty((L, N, m), dtype=dtype)
     else:
-        R = np.zeros((2, N, n), dtype=dtype)
-    y = np.zeros((N, m), dtype=dtype)
-    z = np.empty((N, m), dtype=dtype)
+        R = np.empty((2, N, n), dtype=dtype)
+        y = np.zeros((N, m), dtype=dtype)
+    R[0] = 0.0
     xbar = X.copy()
     out = np.zeros((N, n), dtype=dtype)
     for l in range(1, L + 1):
@@ -84,25 +87,24 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
             float(steps.theta[l - 1]),
         )
         r_prev, r = (R[l - 1], R[l]) if record else (R[(l - 1) % 2], R[l % 2])
+        # dual step: y <- prox_{sigma F*}(y + sigma K xbar), the update fused
+        # into the matrix product
         if record:
             y = Y[l - 1]
-            y[...] = Y[l - 2] if l > 1 else 0.0
-        # dual step: y <- prox_{sigma F*}(y + sigma K xbar)
-        op.apply(xbar, out=z)
-        z *= sigma
-        y += z
+            if l > 1:
+                np.copyto(y, Y[l - 2])
+        op.apply_acc(xbar, y, sigma, 1.0 if (l > 1 or not record) else 0.0)
         penalty.prox_conjugate(y, sigma, out=y)
-        # primal step: r <- prox_{tau G}(r - tau K^T y)
-        op.adjoint(y, out=r)
-        r *= -tau
-        r += r_prev
-        _G.prox(r, tau, out=r)
+        # primal step: r <- prox_{tau G}(r - tau K^T y) = (r - tau K^T y) / (1 + tau)
+        c = _G.prox_slope(tau)
+        np.copyto(r, r_prev)
+        op.adjoint_acc(y, r, -tau * c, c)
         # extrapolation, stored with the data added: xbar = X + r + theta (r - r_prev)
-        np.multiply(r, 1.0 + theta, out=xbar)
-        xbar -= theta * r_prev
-        xbar += X
+        np.copyto(xbar, X)
+        _axpy(r, xbar, 1.0 + theta)
+        _axpy(r_prev, xbar, -theta)
         if alpha[l - 1] != 0.0:
-            out += float(alpha[l - 1]) * r
+            _axpy(r, out, float(alpha[l - 1]))
     out += X
     return out, ((R, Y) if record else None)
 
@@ -136,21 +138,32 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None):
         ``sum_l sigma_l dloss/dsigma_l`` and ``sum_l tau_l dloss/dtau_l``,
         from which the caller differentiates a step rule that depends on
         ``K``.
+
+    Notes
+    -----
+    ``xbar^[l-1] = X + (1 + theta_{l-1}) r^[l-1] - theta_{l-1} r^[l-2]`` is
+    linear in the tape, so ``grad_D`` is accumulated as
+    ``(sum_l w^[l])^T X + sum_l c^[l]^T r^[l]`` with the combination
+    ``c^[l] = (1 + theta_l) w^[l+1] - theta_{l+1} w^[l+2]`` that ``rho^[l]``
+    needs anyway: the extrapolated points are never rebuilt.
     """
+    op = fused(op)
+    X = np.ascontiguousarray(X)
     R, Y = tape
     N, n = X.shape
     L, m, dtype = steps.n_layers, op.n_dual, X.dtype
     eps = penalty.eps
     d_P = np.zeros((N, n), dtype=dtype)  # delta_P^[l+1], then delta_P^[l]
-    d_D = np.zeros((N, m), dtype=dtype)  # delta_D^[l+1], then delta_D^[l]
     w_next = np.zeros((N, m), dtype=dtype)  # w^[l+1]
-    w_next2 = np.zeros((N, m), dtype=dtype)  # w^[l+2]
+    w_next2 = np.zeros((N, m), dtype=dtype)  # w^[l+2], then w^[l]
+    w_sum = np.zeros((N, m), dtype=dtype)
     comb = np.empty((N, m), dtype=dtype)
-    rho = np.empty((N, n), dtype=dtype)
-    xbar = np.empty((N, n), dtype=dtype)
+    mask = np.empty((N, m), dtype=dtype)
+    d_D = np.empty((N, m), dtype=dtype) if on_layer is not None else None
     grad_D = np.zeros(op.weights.shape, dtype=dtype)
     grad_P = np.zeros(op.weights.shape, dtype=dtype)
     wy = pr = 0.0
+    sigma_next = 1.0  # w^[L+1] = 0, any scale
     for l in range(L, 0, -1):
         sigma, tau, theta = (
             float(steps.sigma[l - 1]),
@@ -160,39 +173,103 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None):
         theta_next = float(steps.theta[l]) if l < L else 0.0
         y = Y[l - 1]
         # rho^[l]: r^[l] feeds the output, z_P^[l+1], and z_D^[l+1], z_D^[l+2]
-        # through the extrapolated points xbar^[l], xbar^[l+1].
+        # through the extrapolated points xbar^[l], xbar^[l+1];
+        # delta_P^[l] = (delta_P^[l+1] + K^T comb + alpha_l g) / (1 + tau_l).
         np.multiply(w_next, 1.0 + theta, out=comb)
-        comb -= theta_next * w_next2
-        op.adjoint(comb, out=rho)
-        rho += d_P
+        _axpy(w_next2, comb, -theta_next)
+        c = _G.prox_slope(tau)
+        op.adjoint_acc(comb, d_P, c, c)
         if alpha[l - 1] != 0.0:
-            rho += float(alpha[l - 1]) * g
-        np.multiply(rho, _G.prox_slope(tau), out=d_P)
-        # delta_D^[l]: y^[l] feeds z_D^[l+1] and z_P^[l].
-        op.apply(d_P, out=comb)
-        comb *= -tau
-        comb += d_D
-        np.multiply(comb, np.abs(y) < 1.0, out=d_D)
-        d_D *= penalty.prox_conjugate_slope(sigma)
+            _axpy(g, d_P, c * float(alpha[l - 1]))
+        # grad_D's share of r^[l] (see Notes), and the step-size terms.
+        op.weight_grad_acc(comb, R[l], grad_D)
+        pr += tau * _dot(d_P, R[l])
+        # w^[l] = sigma_l prox' * (w^[l+1] / sigma_{l+1} - tau_l K delta_P^[l]),
+        # written over w^[l+2], which is no longer needed; prox' is read off y.
+        s = sigma * penalty.prox_conjugate_slope(sigma)
+        w = w_next2
+        np.copyto(w, w_next)
+        op.apply_acc(d_P, w, -tau * s, s / sigma_next)
+        np.abs(y, out=mask)
+        np.less(mask, 1.0, out=mask)
+        w *= mask
         if on_layer is not None:
+            np.multiply(w, 1.0 / sigma, out=d_D)
             on_layer(l, d_P, d_D)
-        w_next, w_next2 = w_next2, w_next
-        np.multiply(d_D, sigma, out=w_next)
-        # xbar^[l-1] = X + (1 + theta_{l-1}) r^[l-1] - theta_{l-1} r^[l-2]
-        if l > 1:
-            theta_prev = float(steps.theta[l - 2])
-            np.multiply(R[l - 1], 1.0 + theta_prev, out=xbar)
-            if l > 2:
-                xbar -= theta_prev * R[l - 2]
-            xbar += X
-        else:
-            xbar[...] = X
-        grad_D += op.weight_grad(w_next, xbar)
-        grad_P += tau * op.weight_grad(y, d_P)
+        w_next, w_next2 = w, w_next
+        sigma_next = sigma
+        _axpy(w, w_sum, 1.0)
+        op.weight_grad_acc(y, d_P, grad_P, tau)
         if eps:
-            wy += float(np.vdot(w_next, y))
-        pr += tau * float(np.vdot(d_P, R[l]))
+            wy += _dot(w, y)
+    op.weight_grad_acc(w_sum, X, grad_D)
     K = op.weights
     sigma_sens = float(np.vdot(K, grad_D)) - eps * wy
     tau_sens = -float(np.vdot(K, grad_P)) - pr
     return grad_D, grad_P, sigma_sens, tau_sens
+
+
+def _axpy(x, y, a):
+    """``y += a * x`` in place (BLAS axpy: one pass, no temporary)."""
+    if x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
+        blas("axpy", y.dtype)(x.reshape(-1), y.reshape(-1), a=a)
+    else:
+        y += a * x
+
+
+def _dot(x, y):
+    return float(np.dot(x.reshape(-1), y.reshape(-1)))
+
+
+def fused(op):
+    """``op`` itself if it has the fused products, else an adapter providing them.
+
+    The adapter builds ``apply_acc``, ``adjoint_acc`` and ``weight_grad_acc``
+    from ``apply``, ``adjoint`` and ``weight_grad``, for operators that only
+    implement the basic protocol (see :mod:`sklearn_ergo._operators`).
+    """
+    if all(hasattr(op, f) for f in ("apply_acc", "adjoint_acc", "weight_grad_acc")):
+        return op
+    return _Fused(op)
+
+
+class _Fused:
+    """Fused products ``out <- alpha * A(X) + beta * out`` from an operator's basics."""
+
+    def __init__(self, op):
+        self.op = op
+        self.weights = op.weights
+        self.n_dual, self.n_primal = op.n_dual, op.n_primal
+        self._scratch = {}
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def _buffer(self, out):
+        key = (out.shape, out.dtype)
+        if key not in self._scratch:
+            self._scratch[key] = np.empty_like(out)
+        return self._scratch[key]
+
+    def _product(self, method, A, out, alpha, beta):
+        if beta == 0.0:
+            method(A, out=out)
+            if alpha != 1.0:
+                out *= alpha
+            return
+        value = method(A, out=self._buffer(out))
+        value *= alpha
+        if beta != 1.0:
+            out *= beta
+        out += value
+
+    def apply_acc(self, X, out, alpha=1.0, beta=0.0):
+        self._product(self.op.apply, X, out, alpha, beta)
+
+    def adjoint_acc(self, Y, out, alpha=1.0, beta=0.0):
+        self._product(self.op.adjoint, Y, out, alpha, beta)
+
+    def weight_grad_acc(self, Y, X, out, alpha=1.0):
+        value = self.op.weight_grad(Y, X)
+        value *= alpha
+        out += value

@@ -7,13 +7,13 @@ processed independently and summed; the tape of a chunk is
 ``O((m + n) L)`` per sample, so the chunk size bounds the memory.
 """
 
+import functools
 import numbers
 
 import numpy as np
-from joblib import cpu_count
 from sklearn.utils import check_array, gen_even_slices
 from sklearn.utils.parallel import Parallel, delayed
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._chambolle_pock import backward, constant_steps, forward
 from ._implicit import implicit_denoise, implicit_loss_grad
@@ -26,9 +26,18 @@ STEP_FACTOR = 0.99
 
 UNROLL_MODES = ("last", "ergodic", "implicit")
 
-# Tape memory per chunk (bytes): large enough for efficient GEMMs, small
-# enough that n_jobs workers with a tape each stay far below the RAM.
-_CHUNK_BYTES = 64 * 2**20
+# Tape memory per chunk (bytes).  A chunk's tape is written once per layer
+# forward and read once backward: while it stays in the last-level cache the
+# elementwise steps run at cache speed; with 64 MiB tapes every layer streams
+# from DRAM and a gradient was 1.1-1.3x slower (benchmarks/README.md).
+# Memory per worker is bounded by it, whatever N.
+_CHUNK_BYTES = 16 * 2**20
+# Working set per chunk of a forward pass without tape (prediction): about
+# three layers' iterates, kept within a core's L2 cache.
+_DENOISE_BYTES = 2 * 2**20
+# Fewest samples per chunk: below, the per-layer Python overhead and tiny
+# GEMMs dominate (deep unrolls of wide operators have large tapes per sample).
+_MIN_CHUNK = 32
 
 
 def output_weights(n_layers, unroll, ergodic_weights="uniform"):
@@ -86,7 +95,8 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     ``(||K||, d||K||/dK)`` so that gradients can include them).  Explicit steps
     are constants and must satisfy ``sigma tau ||K||^2 < 1``.
     """
-    norm, norm_grad = op.norm_and_grad()
+    with _one_blas_thread():
+        norm, norm_grad = op.norm_and_grad()
     if not np.isfinite(norm):
         raise ValueError(f"||K||_2 overflows: K must be finite, got norm {norm}.")
     if sigma is None and tau is None:
@@ -119,7 +129,44 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     return constant_steps(float(sigma), float(tau), n_layers), norm, norm_grad
 
 
-def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
+def _one_blas_thread():
+    """Context in which BLAS and LAPACK run single-threaded.
+
+    The solver's matrix products are cache-sized (and ``||K||`` is an SVD of a
+    small matrix): too small for BLAS threads to pay off, and threads that
+    wait for busy cores are ruinous: on a loaded 2-core machine a gradient
+    took 60x longer with two BLAS threads than with one (reproduce with
+    ``benchmarks/bench_fit.py --blas-threads-check``).  Parallelism comes
+    from ``n_jobs`` workers, one core each, so workers x threads never
+    oversubscribe the machine.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:  # inspecting the loaded libraries is slow
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_BLAS_CONTROLLER = None
+
+
+def _single_blas_thread(chunk_function):
+    """Decorate ``chunk_function`` to run in :func:`_one_blas_thread`."""
+
+    @functools.wraps(chunk_function)
+    def run(*args):
+        with _one_blas_thread():
+            return chunk_function(*args)
+
+    return run
+
+
+@_single_blas_thread
+def _chunk_loss_grad(
+    K, X_noisy, X_clean, steps, penalty, alpha, n_total, rows=slice(None)
+):
+    # The whole arrays and the chunk's ``rows``: joblib then hands large
+    # arrays to process workers as memory maps instead of pickling each chunk.
+    X_noisy, X_clean = X_noisy[rows], X_clean[rows]
     op = DenseOperator(K)
     X_hat, tape = forward(op, X_noisy, steps, penalty, alpha, record=True)
     g = X_hat - X_clean
@@ -132,14 +179,23 @@ def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
     return loss, grad_D, sigma_sens, tau_sens
 
 
-def _chunk_denoise(K, X_noisy, steps, penalty, alpha):
-    return forward(DenseOperator(K), X_noisy, steps, penalty, alpha)[0]
+@_single_blas_thread
+def _chunk_denoise(K, X_noisy, steps, penalty, alpha, rows=slice(None)):
+    return forward(DenseOperator(K), X_noisy[rows], steps, penalty, alpha)[0]
 
 
 def chunk_slices(
-    n_samples, n_features, n_components, n_layers, itemsize, n_jobs, chunk_size=None
+    n_samples,
+    n_features,
+    n_components,
+    n_layers,
+    itemsize,
+    n_jobs,
+    chunk_size=None,
+    *,
+    budget=_CHUNK_BYTES,
 ):
-    """Even slices of the samples: at least one per job, tape within budget."""
+    """Even slices of the samples: at least one per job, tape within ``budget``."""
     if chunk_size is not None and not (
         isinstance(chunk_size, numbers.Integral) and chunk_size >= 1
     ):
@@ -148,7 +204,7 @@ def chunk_slices(
         )
     if chunk_size is None:
         per_sample = (n_layers + 1) * (n_features + n_components) * itemsize
-        chunk_size = max(16, _CHUNK_BYTES // per_sample)
+        chunk_size = max(_MIN_CHUNK, budget // per_sample)
     n_chunks = max(-(-n_samples // chunk_size), min(n_jobs, n_samples))
     return list(gen_even_slices(n_samples, n_chunks))
 
@@ -236,9 +292,11 @@ def unrolled_loss_grad(
         required).  ``None`` for both: ``sigma = tau = 0.99 / ||K||_2``,
         differentiated through.  Unused by ``unroll="implicit"``.
     n_jobs : int, default=None
-        Number of joblib workers for the chunks of samples.
+        Number of joblib workers for the chunks of samples.  Each chunk runs
+        with single-threaded BLAS, so ``n_jobs`` is the number of cores used.
     chunk_size : int, default=None
-        Samples per chunk; by default chosen so a chunk's tape stays near 64 MiB.
+        Samples per chunk; by default chosen so a chunk's tape stays near
+        16 MiB (cache-sized).
 
     Returns
     -------
@@ -317,9 +375,7 @@ def _loss_grad(
         chunk_size,
     )
     results = _parallel(n_jobs)(
-        delayed(_chunk_loss_grad)(
-            K, X_noisy[s], X_clean[s], steps, pen, alpha, n_samples
-        )
+        delayed(_chunk_loss_grad)(K, X_noisy, X_clean, steps, pen, alpha, n_samples, s)
         for s in slices
     )
     loss = sum(r[0] for r in results)
@@ -374,18 +430,19 @@ def unrolled_denoise(
 
 def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
     n_samples, n_features = X_noisy.shape
-    # No tape in prediction: chunks are only for parallelism.
+    # No tape in prediction: the chunk's iterates (~3 layers) fit in cache.
     slices = chunk_slices(
         n_samples,
         n_features,
         K.shape[0],
-        1,
+        2,
         X_noisy.itemsize,
         _n_jobs(n_jobs),
         chunk_size,
+        budget=_DENOISE_BYTES,
     )
     parts = _parallel(n_jobs)(
-        delayed(_chunk_denoise)(K, X_noisy[s], steps, pen, alpha) for s in slices
+        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s) for s in slices
     )
     return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
@@ -397,20 +454,22 @@ def _n_jobs(n_jobs):
 
 
 def _parallel(n_jobs):
-    """``Parallel(n_jobs)`` whose workers share the CPUs instead of each using all.
+    """``Parallel(n_jobs)``, holding one BLAS thread around several workers.
 
-    Process workers (loky, dask nannies) cap their own BLAS pools, but workers
-    that are threads of this process (the threading backend, an in-process
-    dask cluster) share its BLAS pool, which spans every core.  The pool is
-    process-wide, so it is capped here, around the workers, not in each.
+    Each chunk runs with one BLAS thread (:func:`_single_blas_thread`), but
+    the BLAS pool is process-wide: workers that are threads of this process
+    (the threading backend, an in-process dask cluster) would set and restore
+    it concurrently, so the first to finish would give all cores back under
+    the others and the last would leave the caller's pool at one thread.
+    Holding the limit around all of them keeps one thread during the work and
+    restores the caller's setting after.
     """
     parallel = Parallel(n_jobs=n_jobs)
-    n_workers = _n_jobs(n_jobs)
-    if n_workers <= 1:
+    if _n_jobs(n_jobs) <= 1:
         return parallel
 
     def run(tasks):
-        with threadpool_limits(max(1, cpu_count() // n_workers)):
+        with _one_blas_thread():
             return parallel(tasks)
 
     return run

@@ -1,0 +1,205 @@
+"""Every kernel path agrees with a plain reference and with finite differences.
+
+Paths: the fused BLAS products of ``DenseOperator`` and the generic fallback
+for operators with only ``apply``/``adjoint``/``weight_grad``; float64 and
+float32; any chunking and ``n_jobs``.
+"""
+
+import numpy as np
+import pytest
+
+from sklearn_ergo import unrolled_loss_grad
+from sklearn_ergo._chambolle_pock import StepSchedule, backward, forward, fused
+from sklearn_ergo._operators import DenseOperator
+from sklearn_ergo._prox import make_penalty
+from sklearn_ergo._unrolled import _CHUNK_BYTES, chunk_slices, output_weights
+
+
+class PlainOperator:
+    """Only the basic protocol: exercises the generic fallback of the kernels."""
+
+    def __init__(self, weights):
+        self.weights = weights
+        self.n_dual, self.n_primal = weights.shape
+
+    def apply(self, X, out=None):
+        return np.matmul(X, self.weights.T, out=out)
+
+    def adjoint(self, Y, out=None):
+        return np.matmul(Y, self.weights, out=out)
+
+    def weight_grad(self, Y, X):
+        return Y.T @ X
+
+
+def reference_loss_grad(K, X, X_clean, steps, penalty, alpha):
+    """MATH.md sections 2-3 transcribed literally (samples as columns)."""
+    L = steps.n_layers
+    sig, ta, th = steps.sigma, steps.tau, steps.theta
+    Xt = X.T
+    n, N = Xt.shape
+    r = [np.zeros((n, N))]
+    ys, xbars = [], [Xt]
+    y = np.zeros((K.shape[0], N))
+    for l in range(L):
+        zD = y + sig[l] * K @ xbars[-1]
+        y = np.clip(zD / (1 + sig[l] * penalty.eps), -1, 1)
+        r.append((r[-1] - ta[l] * K.T @ y) / (1 + ta[l]))
+        ys.append(y)
+        xbars.append(Xt + r[-1] + th[l] * (r[-1] - r[-2]))
+    out = Xt + sum(a * rl for a, rl in zip(alpha, r[1:], strict=True))
+    g = (out - X_clean.T) / N
+    loss = 0.5 * float(np.sum((out - X_clean.T) ** 2)) / N
+    dP, dD = {L + 1: 0 * Xt}, {L + 1: 0 * y, L + 2: 0 * y}
+    w = {L + 1: 0 * y, L + 2: 0 * y}
+    grad = np.zeros_like(K)
+    for l in range(L, 0, -1):
+        theta_next = th[l] if l < L else 0.0
+        comb = (1 + th[l - 1]) * w[l + 1] - theta_next * w[l + 2]
+        rho = alpha[l - 1] * g + dP[l + 1] + K.T @ comb
+        dP[l] = rho / (1 + ta[l - 1])
+        slope = 1.0 / (1 + sig[l - 1] * penalty.eps)
+        mask = np.abs(ys[l - 1]) < 1
+        dD[l] = slope * mask * (dD[l + 1] - ta[l - 1] * K @ dP[l])
+        w[l] = sig[l - 1] * dD[l]
+        grad += w[l] @ xbars[l - 1].T - ta[l - 1] * ys[l - 1] @ dP[l].T
+    return loss, grad, dP, dD
+
+
+def problem(m, n, N=11, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    X_clean = np.cumsum(rng.standard_normal((N, n)), axis=1) / np.sqrt(n)
+    X = X_clean + 0.3 * rng.standard_normal((N, n))
+    K = rng.standard_normal((m, n)) / np.sqrt(n)
+    return K.astype(dtype), X.astype(dtype), X_clean.astype(dtype)
+
+
+def varying_steps(K, L, rng):
+    s = 0.99 / np.linalg.norm(K, 2)
+    return StepSchedule(
+        s * rng.uniform(0.3, 1.0, L), s * rng.uniform(0.3, 1.0, L), rng.uniform(0, 1, L)
+    )
+
+
+def kernel_loss_grad(op, X, X_clean, steps, penalty, alpha, on_layer=None):
+    X_hat, tape = forward(op, X, steps, penalty, alpha, record=True)
+    g = (X_hat - X_clean) / len(X)
+    grad_D, grad_P, _, _ = backward(
+        op, X, tape, steps, penalty, alpha, g, on_layer=on_layer
+    )
+    return 0.5 * float(np.sum((X_hat - X_clean) ** 2)) / len(X), grad_D - grad_P
+
+
+@pytest.mark.parametrize("make_op", [DenseOperator, PlainOperator])
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+@pytest.mark.parametrize("penalty", ["l1", "huber"])
+@pytest.mark.parametrize("shape", [(5, 7), (9, 6)])
+def test_kernels_match_reference(make_op, unroll, penalty, shape):
+    """Fused and fallback paths equal the literal recursion, hook included."""
+    rng = np.random.default_rng(1)
+    K, X, X_clean = problem(*shape)
+    L = 6
+    steps = varying_steps(K, L, rng)
+    pen = make_penalty(penalty, 0.05)
+    alpha = output_weights(L, unroll, rng.uniform(size=L))
+    seen = {}
+
+    def on_layer(l, d_P, d_D):
+        seen[l] = (d_P.copy(), d_D.copy())
+
+    loss, grad = kernel_loss_grad(make_op(K), X, X_clean, steps, pen, alpha, on_layer)
+    ref_loss, ref_grad, dP, dD = reference_loss_grad(K, X, X_clean, steps, pen, alpha)
+    assert loss == pytest.approx(ref_loss, rel=1e-13)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-11, atol=1e-14)
+    assert sorted(seen) == list(range(1, L + 1))
+    for l, (d_P, d_D) in seen.items():
+        np.testing.assert_allclose(d_P, dP[l].T, rtol=1e-11, atol=1e-15)
+        np.testing.assert_allclose(d_D, dD[l].T, rtol=1e-11, atol=1e-15)
+
+
+def test_fused_returns_capable_operators_unwrapped():
+    op = DenseOperator(np.eye(3))
+    assert fused(op) is op
+    wrapped = fused(PlainOperator(np.eye(3)))
+    assert wrapped is not op and wrapped.n_dual == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_products_non_contiguous_out(dtype):
+    """A ``c`` that BLAS cannot update in place is still written back."""
+    rng = np.random.default_rng(0)
+    K = rng.standard_normal((4, 3)).astype(dtype)
+    X = rng.standard_normal((5, 3)).astype(dtype)
+    out = np.asfortranarray(rng.standard_normal((5, 4)).astype(dtype))
+    expected = 0.5 * X @ K.T + 2.0 * out
+    DenseOperator(K).apply_acc(X, out, 0.5, 2.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+@pytest.mark.parametrize("penalty", ["l1", "huber"])
+@pytest.mark.parametrize("steps", ["default", "explicit"])
+@pytest.mark.parametrize("shape,L", [((5, 7), 1), ((9, 6), 3), ((6, 6), 7)])
+def test_gradient_finite_differences(unroll, penalty, steps, shape, L):
+    """Central differences of ``unrolled_loss_grad`` in float64, chunked."""
+    K, X, X_clean = problem(*shape, N=9, seed=L)
+    kw = dict(n_layers=L, unroll=unroll, penalty=penalty, huber_eps=0.05)
+    if steps == "explicit":
+        s = 0.9 / np.linalg.norm(K, 2)
+        kw.update(sigma=s, tau=0.8 * s)
+    # chunk_size=4 also runs the sum over chunks
+    loss, grad = unrolled_loss_grad(K, X, X_clean, chunk_size=4, **kw)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        V = rng.standard_normal(K.shape)
+        h = 1e-6
+        fd = (
+            unrolled_loss_grad(K + h * V, X, X_clean, **kw)[0]
+            - unrolled_loss_grad(K - h * V, X, X_clean, **kw)[0]
+        ) / (2 * h)
+        assert np.vdot(grad, V) == pytest.approx(fd, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+@pytest.mark.parametrize("penalty", ["l1", "huber"])
+def test_float32_end_to_end(unroll, penalty):
+    """float32 stays float32 in every buffer and agrees with float64."""
+    K, X, X_clean = problem(8, 6, N=40)
+    kw = dict(n_layers=10, unroll=unroll, penalty=penalty)
+    loss64, grad64 = unrolled_loss_grad(K, X, X_clean, **kw)
+    args32 = (a.astype(np.float32) for a in (K, X, X_clean))
+    loss32, grad32 = unrolled_loss_grad(*args32, **kw)
+    assert grad32.dtype == np.float32
+    assert loss32 == pytest.approx(loss64, rel=1e-4)
+    np.testing.assert_allclose(grad32, grad64, rtol=1e-3, atol=1e-4 * abs(grad64).max())
+
+    op = DenseOperator(K.astype(np.float32))
+    steps = StepSchedule(np.full(3, 0.5), np.full(3, 0.5), np.ones(3))
+    X32 = X.astype(np.float32)
+    alpha = output_weights(3, unroll)
+    pen = make_penalty(penalty, 0.01)
+    X_hat, (R, Y) = forward(op, X32, steps, pen, alpha, record=True)
+    assert X_hat.dtype == R.dtype == Y.dtype == np.float32
+    out = backward(op, X32, (R, Y), steps, pen, alpha, X32)
+    assert out[0].dtype == out[1].dtype == np.float32
+
+
+def test_chunking_and_jobs_do_not_change_the_result():
+    K, X, X_clean = problem(7, 6, N=50)
+    kw = dict(n_layers=5, unroll="ergodic")
+    loss, grad = unrolled_loss_grad(K, X, X_clean, **kw)
+    for extra in ({"chunk_size": 1}, {"chunk_size": 7}, {"n_jobs": 2}):
+        other_loss, other_grad = unrolled_loss_grad(K, X, X_clean, **kw, **extra)
+        assert other_loss == pytest.approx(loss, rel=1e-12)
+        np.testing.assert_allclose(other_grad, grad, rtol=1e-10, atol=1e-15)
+
+
+def test_default_chunks_bound_the_tape():
+    """Chunks keep the tape near the budget and give every job work."""
+    n_layers, n, m, itemsize = 50, 64, 112, 8
+    per_sample = (n_layers + 1) * (n + m) * itemsize
+    slices = chunk_slices(100_000, n, m, n_layers, itemsize, n_jobs=2)
+    sizes = [s.stop - s.start for s in slices]
+    assert sum(sizes) == 100_000
+    assert max(sizes) * per_sample <= _CHUNK_BYTES
+    assert len(chunk_slices(10, n, m, n_layers, itemsize, n_jobs=2)) == 2
