@@ -104,12 +104,14 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
             raise ValueError(
                 "The default step rule sigma = tau = c / ||K|| needs a non-zero K."
             )
-        # Steps that overflow the working dtype would turn the iterates to nan.
-        if not np.isfinite(op.weights.dtype.type(STEP_FACTOR / norm)):
+        # The kernels multiply by sigma * tau: if that overflows the working
+        # dtype the iterates and gradients turn to nan.
+        step = STEP_FACTOR / norm
+        if not _product_is_finite(step, step, op.weights.dtype):
             raise ValueError(
                 f"||K||_2 = {norm:.3g} is too small for the default step rule "
-                f"sigma = tau = c / ||K|| in {op.weights.dtype}: the steps "
-                "overflow; use a non-zero K of a larger scale."
+                f"sigma = tau = c / ||K|| in {op.weights.dtype}: sigma * tau "
+                "overflows; use a non-zero K of a larger scale."
             )
         return (
             constant_steps(STEP_FACTOR / norm, STEP_FACTOR / norm, n_layers, power=1.0),
@@ -121,12 +123,20 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     for name, value in (("sigma", sigma), ("tau", tau)):
         if not (isinstance(value, numbers.Real) and value > 0 and np.isfinite(value)):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    if not _product_is_finite(sigma, tau, op.weights.dtype):
+        raise ValueError(f"sigma * tau overflows {op.weights.dtype}.")
     if sigma * tau * norm**2 >= 1.0:
         raise ValueError(
             f"Chambolle-Pock needs sigma * tau * ||K||^2 < 1; got "
             f"{sigma * tau * norm**2:.4g} with ||K||_2 = {norm:.4g}."
         )
     return constant_steps(float(sigma), float(tau), n_layers), norm, norm_grad
+
+
+def _product_is_finite(a, b, dtype):
+    """Whether ``a * b`` is finite in ``dtype``."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.dtype(dtype).type(np.float64(a) * b)))
 
 
 def _one_blas_thread():

@@ -67,12 +67,12 @@ def test_unrolled_functions_give_finite_results(XY, data, model):
     X, Y = XY
     m = data.draw(st.integers(1, 6))
     K = data.draw(arrays(np.float64, (m, X.shape[1]), elements=values(np.float64, 1e3)))
-    # Any K is used, or refused by the step rule c / ||K|| of the unrolled
-    # modes when the steps overflow the working dtype.
+    # Any K is used, or refused by the step rule sigma = tau = c / ||K|| of
+    # the unrolled modes when sigma * tau overflows the working dtype.
     dtype = computed_dtype(X)
     with np.errstate(over="ignore"):
         norm = np.linalg.norm(K.astype(dtype).astype(np.float64), 2)
-        refused = norm == 0 or not np.isfinite(dtype(0.99 / norm))
+        refused = norm == 0 or not np.isfinite(dtype((0.99 / norm) ** 2))
     if refused and model["unroll"] != "implicit":
         with pytest.raises(ValueError, match="non-zero K|too small"):
             unrolled_loss_grad(K, X, Y, **model)
@@ -239,6 +239,7 @@ INVALID_OPERATORS = {
     "sparse": (scipy.sparse.csr_matrix(np.eye(4)), "[Ss]parse"),
     "zero": (np.zeros((3, 4)), "non-zero K"),
     "subnormal norm": (np.eye(4) * 1e-310, "too small for the default step rule"),
+    "sigma * tau overflows": (np.eye(4) * 1e-200, "too small for the default step"),
     "overflows float32": (np.eye(4) * 1e300, "K overflows float32"),
     "norm overflows": (np.full((3, 4), 1e308), "overflows"),
 }
@@ -263,6 +264,7 @@ def test_invalid_operator_is_refused(case):
         ({"penalty": "huber", "huber_eps": "0.1"}, "huber_eps must be a real"),
         ({"n_layers": 0}, "n_layers must be a positive integer"),
         ({"sigma": np.nan, "tau": 0.5}, "sigma must be a positive finite"),
+        ({"sigma": 1e200, "tau": 1e200}, "sigma \\* tau overflows"),
     ],
 )
 def test_invalid_parameters_are_refused(params, message):
