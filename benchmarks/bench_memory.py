@@ -1,8 +1,9 @@
 """Peak memory of a fit against the number of samples: the chunked tape.
 
 The unrolled gradient needs a tape of ``(L + 1) (n + m)`` numbers per sample.
-It is computed in chunks of samples (about 64 MiB of tape each), so the memory
-a fit needs beyond a few copies of the data should not grow with N.  Each
+It is computed in chunks of samples (``_unrolled._CHUNK_BYTES`` of tape each),
+so the memory a fit needs beyond a few copies of the data should not grow with
+N.  Each
 measurement runs in a fresh process on synthetic blocky 8x8 patches (noise std
 0.1) and reports, for a fit and for one gradient evaluation with the default
 chunks and with a single chunk of all samples:
