@@ -109,8 +109,8 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     return constant_steps(float(sigma), float(tau), n_layers), norm, norm_grad
 
 
-def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
-    op = DenseOperator(K)
+def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total, make_op):
+    op = make_op(K)
     X_hat, tape = forward(op, X_noisy, steps, penalty, alpha, record=True)
     g = X_hat - X_clean
     loss = 0.5 * float(np.vdot(g, g)) / n_total
@@ -122,8 +122,8 @@ def _chunk_loss_grad(K, X_noisy, X_clean, steps, penalty, alpha, n_total):
     return loss, grad_D, sigma_sens, tau_sens
 
 
-def _chunk_denoise(K, X_noisy, steps, penalty, alpha):
-    return forward(DenseOperator(K), X_noisy, steps, penalty, alpha)[0]
+def _chunk_denoise(K, X_noisy, steps, penalty, alpha, make_op):
+    return forward(make_op(K), X_noisy, steps, penalty, alpha)[0]
 
 
 def chunk_slices(
@@ -254,13 +254,19 @@ def _loss_grad(
     alpha,
     n_jobs=None,
     chunk_size=None,
+    make_op=DenseOperator,
 ):
-    """:func:`unrolled_loss_grad` on validated inputs."""
-    n_samples, n_features = X_noisy.shape
+    """:func:`unrolled_loss_grad` on validated inputs.
+
+    ``make_op(K)`` builds the operator (``DenseOperator`` or, e.g., a
+    ``functools.partial`` of ``ConvolutionalOperator``); it must be picklable
+    for joblib workers.
+    """
+    op = make_op(K)
     slices = chunk_slices(
-        n_samples,
-        n_features,
-        K.shape[0],
+        len(X_noisy),
+        op.n_primal,
+        op.n_dual,
         steps.n_layers,
         X_noisy.itemsize,
         _n_jobs(n_jobs),
@@ -268,7 +274,7 @@ def _loss_grad(
     )
     results = Parallel(n_jobs=n_jobs)(
         delayed(_chunk_loss_grad)(
-            K, X_noisy[s], X_clean[s], steps, pen, alpha, n_samples
+            K, X_noisy[s], X_clean[s], steps, pen, alpha, len(X_noisy), make_op
         )
         for s in slices
     )
@@ -312,20 +318,23 @@ def unrolled_denoise(
     return _denoise(K, X_noisy, steps, pen, alpha, n_jobs, chunk_size)
 
 
-def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
-    n_samples, n_features = X_noisy.shape
+def _denoise(
+    K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None, make_op=DenseOperator
+):
+    op = make_op(K)
     # No tape in prediction: chunks are only for parallelism.
     slices = chunk_slices(
-        n_samples,
-        n_features,
-        K.shape[0],
+        len(X_noisy),
+        op.n_primal,
+        op.n_dual,
         1,
         X_noisy.itemsize,
         _n_jobs(n_jobs),
         chunk_size,
     )
     parts = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_denoise)(K, X_noisy[s], steps, pen, alpha) for s in slices
+        delayed(_chunk_denoise)(K, X_noisy[s], steps, pen, alpha, make_op)
+        for s in slices
     )
     return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
