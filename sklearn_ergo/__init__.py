@@ -1,8 +1,14 @@
 """Learned analysis operators for denoising, by exactly differentiated
 unrolled Chambolle-Pock iterations (last iterate or ergodic average)."""
 
+from ._denoiser import ImageDenoiser
 from ._estimator import AnalysisOperatorLearner
 from ._unrolled import unrolled_denoise, unrolled_loss_grad
 
-__all__ = ["AnalysisOperatorLearner", "unrolled_denoise", "unrolled_loss_grad"]
+__all__ = [
+    "AnalysisOperatorLearner",
+    "ImageDenoiser",
+    "unrolled_denoise",
+    "unrolled_loss_grad",
+]
 __version__ = "0.1.0"
