@@ -84,20 +84,23 @@ def tv_filters(patch_size):
     return D.reshape(2, p * p)
 
 
-def initial_filters(n_filters, patch_size, rng, scale=1e-3):
-    """TV differences plus ``n_filters - 2`` zero-mean, tiny random filters.
+def initial_filters(n_filters, patch_size, rng, scale=0.2):
+    """TV differences plus ``n_filters - 2`` zero-mean random filters.
 
     A filter's norm is its regularisation weight under ``F = ||.||_1`` and a
-    filter with non-zero mean penalises brightness, so extra filters start
-    zero-mean and ``scale`` times smaller than the differences: training
-    starts at TV.
+    filter with non-zero mean penalises brightness, so extra filters are
+    zero-mean with norm ``scale`` times that of a difference (``sqrt(2)``).
+    They cannot start at zero: ``F`` is even, so ``k = 0`` is a stationary
+    point of the loss in each extra filter ``k``, and tiny filters escape it
+    only slowly.
     """
     D = tv_filters(patch_size)
     if n_filters < 2:
         raise ValueError(f"n_filters must be at least 2, got {n_filters}.")
     extra = rng.standard_normal((n_filters - 2, patch_size**2))
     extra -= extra.mean(axis=1, keepdims=True)
-    extra *= scale / np.maximum(np.linalg.norm(extra, axis=1, keepdims=True), 1e-12)
+    norms = np.maximum(np.linalg.norm(extra, axis=1, keepdims=True), 1e-12)
+    extra *= scale * np.sqrt(2.0) / norms
     return np.vstack([D, extra])
 
 
