@@ -96,9 +96,10 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
 
     where ``P_j`` extracts the ``p x p`` patch at position ``j``: the same
     ``n_filters`` filters at every position, one problem per image.  ``fit``
-    starts from anisotropic total variation (the two forward differences,
-    weight tuned, plus tiny zero-mean filters) and minimises the mean squared
-    error over random crops with the exact gradient of the unrolled map.
+    starts from anisotropic total variation (the two forward differences)
+    plus small zero-mean filters, with their common weight tuned, and
+    minimises the mean squared error over random crops with the exact
+    gradient of the unrolled map.
     With ``structure="patch"`` an :class:`AnalysisOperatorLearner` denoises
     ``p x p`` patches independently and the overlaps are averaged.
 
@@ -339,13 +340,14 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             return -10.0 * np.log10(np.mean((out - Y_val) ** 2))
 
         X, Y = padded(*self._draw(clean, noisy, self.crop_size, self.n_crops, rng))
-        D = initial_filters(n_filters, p, rng, scale=0.0)  # TV, zero extra rows
+        D = initial_filters(n_filters, p, rng)
 
         def loss_at(t):
             out = convolutional_denoise(np.exp(t) * D, X, pad=False, **kw)
             return 0.5 * float(np.sum((out - Y) ** 2)) / len(X)
 
-        # The TV weight is of the order of the noise level: tune it in 1-D.
+        # The weight of TV is of the order of the noise level: tune the
+        # weight of the whole initial operator in 1-D.
         center = np.log(self.noise_std_)
         t = minimize_scalar(
             loss_at,
@@ -354,13 +356,11 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             options={"xatol": 1e-2},
         ).x
         self.init_weight_ = float(np.exp(t))
-        # Tuned TV is the reference the learned operator must beat on the
-        # held-out draw; training starts from it plus small extra filters.
+        K = self.init_weight_ * D
         tracker = BestTracker(0.0, np.inf)
         self.loss_curve_ = [loss_at(t)]
-        self.validation_psnr_ = [val_psnr(np.exp(t) * D)]
-        tracker.update(-self.validation_psnr_[0], np.exp(t) * D)
-        K = np.exp(t) * initial_filters(n_filters, p, rng)
+        self.validation_psnr_ = [val_psnr(K)]
+        tracker.update(-self.validation_psnr_[0], K)
         self.n_iter_ = 0
         start = time.perf_counter()
         self._report(0, start)
@@ -376,6 +376,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                     functools.partial(convolutional_loss_grad, noisy=X, clean=Y, **kw),
                     K,
                     iters,
+                    self.init_weight_,
                 )
                 self.n_iter_ += nit
                 self.loss_curve_.append(loss)
@@ -488,24 +489,28 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         return np.stack(out) if isinstance(X, np.ndarray) else out
 
 
-def _lbfgs(fun, K0, maxiter):
-    """At most ``maxiter`` L-BFGS iterations from ``K0``; returns (K, loss, nit)."""
+def _lbfgs(fun, K0, maxiter, scale):
+    """At most ``maxiter`` L-BFGS iterations from ``K0``; returns (K, loss, nit).
+
+    L-BFGS-B's first trial step has unit length, so it runs on ``K / scale``
+    with ``scale`` the typical size of the entries of ``K``.
+    """
     shape = K0.shape
 
     def f(k):
-        loss, grad = fun(k.reshape(shape))
+        loss, grad = fun(scale * k.reshape(shape))
         if not np.isfinite(loss):  # lets the line search backtrack
             return np.inf, np.zeros_like(k)
-        return loss, grad.ravel()
+        return loss, scale * grad.ravel()
 
     res = minimize(
         f,
-        K0.ravel(),
+        K0.ravel() / scale,
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": maxiter, "ftol": 0.0, "gtol": 0.0},
     )
-    return res.x.reshape(shape), float(res.fun), int(res.nit)
+    return scale * res.x.reshape(shape), float(res.fun), int(res.nit)
 
 
 def _patch_denoise(est, image):
