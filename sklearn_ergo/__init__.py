@@ -3,11 +3,13 @@ unrolled Chambolle-Pock iterations (last iterate or ergodic average)."""
 
 from ._denoiser import ImageDenoiser
 from ._estimator import AnalysisOperatorLearner
+from ._pretrained import denoise_image
 from ._unrolled import unrolled_denoise, unrolled_loss_grad
 
 __all__ = [
     "AnalysisOperatorLearner",
     "ImageDenoiser",
+    "denoise_image",
     "unrolled_denoise",
     "unrolled_loss_grad",
 ]
