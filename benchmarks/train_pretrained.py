@@ -40,8 +40,8 @@ SETTINGS = dict(
     unroll="last",
     crop_size=64,
     n_crops=16,
-    max_iter=60,
-    redraw_every=10,
+    max_iter=40,
+    redraw_every=5,
 )
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from ._chambolle_pock import StepSchedule
 from ._convolution import ConvolutionalOperator
+from ._prox import make_penalty
 from ._unrolled import STEP_FACTOR, _denoise, _loss_grad, output_weights
 
 #: Default initial primal step ``tau_0`` of the accelerated schedule.
@@ -111,8 +112,6 @@ def pad_images(images, patch_size):
 
 
 def _model(n_layers, unroll, penalty, huber_eps):
-    from ._prox import make_penalty
-
     return output_weights(n_layers, unroll), make_penalty(penalty, huber_eps)
 
 

@@ -59,26 +59,17 @@ def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys):
     assert read(out).shape == read(path).shape
 
 
-def run_cli(*args):
-    code = (
-        "import sys; from sklearn_ergo._cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True
-    )
-
-
 @pytest.mark.parametrize(
     "make_args, status, message",
     [
         (
             lambda p, t: [
                 "denoise",
-                str(t / "missing.png"),
+                str(t / "none.png"),
                 "-o",
                 "x.png",
                 "--sigma",
-                "25",
+                "9",
             ],
             1,
             "cannot read image",
@@ -90,41 +81,61 @@ def run_cli(*args):
                 "-o",
                 str(t / "no" / "x.png"),
                 "--sigma",
-                "25",
+                "9",
             ],
             1,
             "cannot write image",
         ),
-        (
-            lambda p, t: ["denoise", str(p), "-o", "x.png", "--sigma", "-3"],
-            2,
-            "sigma must be in",
-        ),
-        (
-            lambda p, t: ["denoise", str(p), "-o", "x.png", "--sigma", "abc"],
-            2,
-            "not a number",
-        ),
+        (lambda p, t: ["denoise", str(p), "-o", "x.png", "--sigma", "-3"], 2, "sigma"),
+        (lambda p, t: ["denoise", str(p), "-o", "x.png", "--sigma", "a"], 2, "number"),
         (
             lambda p, t: [
                 "denoise",
                 str(p),
                 "-o",
-                str(t / "x.png"),
+                "x.png",
                 "--sigma",
-                "25",
+                "9",
                 "--model",
                 str(p),
             ],
             1,
             "Cannot read a model",
         ),
+        (
+            lambda p, t: [
+                "train",
+                str(p),
+                "--sigma",
+                "9",
+                "-o",
+                "m.npz",
+                "--crop-size",
+                "999",
+            ],
+            1,
+            "at least 999x999",
+        ),
     ],
 )
-def test_errors_are_one_line(noisy_png, tmp_path, make_args, status, message):
+def test_errors_are_one_line(noisy_png, tmp_path, capsys, make_args, status, message):
     path, _ = noisy_png
-    result = run_cli(*make_args(path, tmp_path))
-    assert result.returncode == status
-    assert message in result.stderr
+    assert main(make_args(path, tmp_path)) == status
+    err = capsys.readouterr().err
+    assert message in err
     if status == 1:
-        assert result.stderr.count("\n") == 1
+        assert err.count("\n") == 1
+
+
+def test_subprocess_exit_status(tmp_path):
+    code = (
+        "import sys; from sklearn_ergo._cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["denoise", str(tmp_path / "missing.png"), "-o", "x.png", "--sigma", "25"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "python -m sklearn_ergo denoise: error: cannot read"
+    )
