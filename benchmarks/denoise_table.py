@@ -122,7 +122,9 @@ def methods(sigma, tv_weight, patch_model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="< 60 s smoke run")
-    parser.add_argument("--no-patch", action="store_true", help="skip ours patch")
+    parser.add_argument(
+        "--methods", nargs="+", help="run only these methods (names as in the table)"
+    )
     args = parser.parse_args(argv)
     from skimage.metrics import structural_similarity
     from train_pretrained import training_images
@@ -141,7 +143,8 @@ def main(argv=None):
         sigma = level / 255.0
         tv_weight = tune_tv_weight(sigma, training, weights)
         patch_model = None
-        if not (args.no_patch or args.quick):
+        wanted = args.methods or ["ours patch"]
+        if "ours patch" in wanted and not args.quick:
             start = time.perf_counter()
             patch_model = ImageDenoiser(
                 "patch",
@@ -162,6 +165,8 @@ def main(argv=None):
         rng = np.random.default_rng(SEED)
         noisy = {n: x + sigma * rng.standard_normal(x.shape) for n, x in images.items()}
         for method, fn in methods(sigma, tv_weight, patch_model).items():
+            if args.methods and method not in args.methods:
+                continue
             scores = []
             for name, x in images.items():
                 start = time.perf_counter()
