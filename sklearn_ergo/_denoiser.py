@@ -158,7 +158,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         Training loss after every draw (entry 0: the initial operator).
     validation_psnr_ : list of float
         PSNR (dB) on a fixed held-out draw (other noise, other crops) after
-        every draw; the best operator on it is kept.
+        every draw; the best operator on it is kept (convolutional).
+    init_weight_ : float
+        Tuned weight of the initial operator (convolutional).
     n_iter_ : int
 
     Examples
@@ -241,8 +243,10 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         return 5 if self.structure == "convolutional" else 8
 
     def _validate_images(self, images, name, min_size):
-        if isinstance(images, np.ndarray) and images.ndim == 2:
-            images = [images]
+        if isinstance(images, np.ndarray) and (
+            images.ndim == 2 or (images.ndim == 3 and images.shape[2] == 3)
+        ):
+            images = [images]  # one gray or one RGB image
         if len(images) == 0:
             raise ValueError(f"{name} is empty; give at least one image.")
         out = []
@@ -279,8 +283,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of ndarray of shape (H, W) or (H, W, 3), or ndarray (n, H, W)
-            Clean images (``y=None``: Gaussian noise of ``noise_std`` is added,
+        X : list of ndarray of shape (H, W) or (H, W, 3), or ndarray
+            One image, or a stack ``(n, H, W)`` of gray images: clean images
+            (``y=None``: Gaussian noise of ``noise_std`` is added,
             drawn afresh every ``redraw_every`` iterations), or noisy images
             paired with the clean images ``y``.  uint8 or float in [0, 1];
             colour images are trained on through their luminance.
