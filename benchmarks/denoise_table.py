@@ -122,6 +122,7 @@ def methods(sigma, tv_weight, patch_model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="< 60 s smoke run")
+    parser.add_argument("--sigmas", type=int, nargs="+", default=SIGMAS)
     parser.add_argument(
         "--methods", nargs="+", help="run only these methods (names as in the table)"
     )
@@ -129,7 +130,7 @@ def main(argv=None):
     from skimage.metrics import structural_similarity
     from train_pretrained import training_images
 
-    sigmas = (25,) if args.quick else SIGMAS
+    sigmas = (25,) if args.quick else tuple(args.sigmas)
     images = held_out_images(128 if args.quick else 512)
     if args.quick:
         images = dict(list(images.items())[:2])

@@ -152,6 +152,7 @@ def test_accelerated_schedule_converges_to_the_same_minimiser():
         (np.zeros((20, 20, 4)), "2-D gray image or an"),
         (np.zeros((3, 3)), "at least 5x5"),
         (np.full((20, 20), 200.0), "must be in \\[0, 1\\]"),
+        (np.full((20, 20), -2.5), "must be in \\[0, 1\\]"),
     ],
 )
 def test_denoise_errors(fitted, image, match):
