@@ -28,7 +28,7 @@ from sklearn_ergo.datasets import load_gray_image, psnr  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--output", default="denoise_image.png")
-parser.add_argument("--tv-weight", type=float, default=0.0848)
+parser.add_argument("--tv-weight", type=float, default=0.0722)
 args = parser.parse_args()
 
 sigma = 25 / 255
