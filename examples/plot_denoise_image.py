@@ -53,7 +53,9 @@ try:
 except ImportError:
     print("bm3d is not installed: no BM3D panel.")
 
-fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 4.4))
+fig, axes = plt.subplots(
+    1, len(results), figsize=(4 * len(results), 4.6), layout="constrained"
+)
 for ax, (name, image) in zip(axes, results.items(), strict=True):
     ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
     ax.set_title(f"{name}\n{psnr(np.clip(image, 0, 1), clean):.2f} dB")
@@ -61,6 +63,6 @@ for ax, (name, image) in zip(axes, results.items(), strict=True):
     print(
         f"{name:22s} {psnr(np.clip(image, 0, 1), clean):.2f} dB {timings[name]:.2f} s"
     )
-fig.tight_layout()
+
 fig.savefig(args.output, dpi=80)
 print(f"saved {args.output}")
