@@ -1,4 +1,4 @@
-"""Command line: ``denoise`` an image file, ``train`` a denoiser on image files.
+"""Command line: ``demo``, ``denoise`` an image file, ``train`` a denoiser on images.
 
 ``main(argv)`` takes the arguments after the program name, starting with the
 subcommand, and returns the exit status; every user error is one line on
@@ -80,6 +80,18 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    demo = sub.add_parser(
+        "demo",
+        help="learn K on natural-image patches and report PSNR against patch TV",
+        description="Fit AnalysisOperatorLearner on patches of china.jpg and "
+        "denoise patches of flower.jpg (scikit-learn's sample images, read with "
+        "Pillow).",
+    )
+    demo.add_argument("--n-patches", type=_positive_int, default=20_000)
+    demo.add_argument("--n-layers", type=_positive_int, default=20)
+    demo.add_argument("--max-iter", type=_positive_int, default=20)
+    demo.add_argument("--n-jobs", type=int, default=None)
+
     den = sub.add_parser(
         "denoise",
         help="denoise an image file",
@@ -115,6 +127,13 @@ def build_parser():
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
     return parser
+
+
+def _demo(args):
+    from ._demo import run_demo
+
+    _pillow()
+    run_demo(args.n_patches, args.n_layers, args.max_iter, n_jobs=args.n_jobs)
 
 
 def _denoise(args):
@@ -162,7 +181,7 @@ def _train(args):
 
 
 def main(argv=None):
-    """Run a subcommand; ``argv`` starts with ``denoise`` or ``train``.
+    """Run a subcommand; ``argv`` starts with ``demo``, ``denoise`` or ``train``.
 
     Returns
     -------
@@ -176,7 +195,7 @@ def main(argv=None):
     except SystemExit as exc:  # --help, or an argparse error already printed
         return int(exc.code or 0)
     try:
-        {"denoise": _denoise, "train": _train}[args.command](args)
+        {"demo": _demo, "denoise": _denoise, "train": _train}[args.command](args)
     except CommandError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1

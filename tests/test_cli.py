@@ -139,3 +139,27 @@ def test_subprocess_exit_status(tmp_path):
     assert result.stderr.startswith(
         "python -m sklearn_ergo denoise: error: cannot read"
     )
+
+
+def test_demo_subcommand_learns_and_reports(capsys):
+    args = ["demo", "--n-patches", "2000", "--n-layers", "5", "--max-iter", "5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    psnrs = {
+        name: float(line.split()[-2])
+        for line in out.splitlines()
+        for name in ("noisy input", "learned operator")
+        if line.strip().startswith(name)
+    }
+    assert psnrs["learned operator"] > psnrs["noisy input"] + 3
+    assert "gain of learning over tuned TV" in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "sklearn_ergo", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "demo" in result.stdout
