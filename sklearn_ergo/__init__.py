@@ -1,8 +1,16 @@
 """Learned analysis operators for denoising, by exactly differentiated
 unrolled Chambolle-Pock iterations (last iterate or ergodic average)."""
 
+from ._denoiser import ImageDenoiser
 from ._estimator import AnalysisOperatorLearner
+from ._pretrained import denoise_image
 from ._unrolled import unrolled_denoise, unrolled_loss_grad
 
-__all__ = ["AnalysisOperatorLearner", "unrolled_denoise", "unrolled_loss_grad"]
+__all__ = [
+    "AnalysisOperatorLearner",
+    "ImageDenoiser",
+    "denoise_image",
+    "unrolled_denoise",
+    "unrolled_loss_grad",
+]
 __version__ = "0.1.0"

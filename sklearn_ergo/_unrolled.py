@@ -172,12 +172,12 @@ def _single_blas_thread(chunk_function):
 
 @_single_blas_thread
 def _chunk_loss_grad(
-    K, X_noisy, X_clean, steps, penalty, alpha, n_total, rows=slice(None)
+    K, X_noisy, X_clean, steps, penalty, alpha, n_total, rows, make_op
 ):
     # The whole arrays and the chunk's ``rows``: joblib then hands large
     # arrays to process workers as memory maps instead of pickling each chunk.
     X_noisy, X_clean = X_noisy[rows], X_clean[rows]
-    op = DenseOperator(K)
+    op = make_op(K)
     X_hat, tape = forward(op, X_noisy, steps, penalty, alpha, record=True)
     g = X_hat - X_clean
     loss = 0.5 * float(np.vdot(g, g)) / n_total
@@ -190,8 +190,8 @@ def _chunk_loss_grad(
 
 
 @_single_blas_thread
-def _chunk_denoise(K, X_noisy, steps, penalty, alpha, rows=slice(None)):
-    return forward(DenseOperator(K), X_noisy[rows], steps, penalty, alpha)[0]
+def _chunk_denoise(K, X_noisy, steps, penalty, alpha, rows, make_op):
+    return forward(make_op(K), X_noisy[rows], steps, penalty, alpha)[0]
 
 
 def chunk_slices(
@@ -372,20 +372,28 @@ def _loss_grad(
     alpha,
     n_jobs=None,
     chunk_size=None,
+    make_op=DenseOperator,
 ):
-    """:func:`unrolled_loss_grad` on validated inputs."""
-    n_samples, n_features = X_noisy.shape
+    """:func:`unrolled_loss_grad` on validated inputs.
+
+    ``make_op(K)`` builds the operator (``DenseOperator`` or, e.g., a
+    ``functools.partial`` of ``ConvolutionalOperator``); it must be picklable
+    for joblib workers.
+    """
+    op = make_op(K)
     slices = chunk_slices(
-        n_samples,
-        n_features,
-        K.shape[0],
+        len(X_noisy),
+        op.n_primal,
+        op.n_dual,
         steps.n_layers,
         X_noisy.itemsize,
         _n_jobs(n_jobs),
         chunk_size,
     )
     results = _parallel(n_jobs)(
-        delayed(_chunk_loss_grad)(K, X_noisy, X_clean, steps, pen, alpha, n_samples, s)
+        delayed(_chunk_loss_grad)(
+            K, X_noisy, X_clean, steps, pen, alpha, len(X_noisy), s, make_op
+        )
         for s in slices
     )
     loss = sum(r[0] for r in results)
@@ -438,13 +446,15 @@ def unrolled_denoise(
     return _denoise(K, X_noisy, steps, pen, alpha, n_jobs, chunk_size)
 
 
-def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
-    n_samples, n_features = X_noisy.shape
+def _denoise(
+    K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None, make_op=DenseOperator
+):
+    op = make_op(K)
     # No tape in prediction: the chunk's iterates (~3 layers) fit in cache.
     slices = chunk_slices(
-        n_samples,
-        n_features,
-        K.shape[0],
+        len(X_noisy),
+        op.n_primal,
+        op.n_dual,
         2,
         X_noisy.itemsize,
         _n_jobs(n_jobs),
@@ -452,7 +462,8 @@ def _denoise(K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None):
         budget=_DENOISE_BYTES,
     )
     parts = _parallel(n_jobs)(
-        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s) for s in slices
+        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s, make_op)
+        for s in slices
     )
     return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 

@@ -1,0 +1,61 @@
+"""Wall time and PSNR of denoising one 512x512 gray image.
+
+scikit-image's ``immunohistochemistry`` (gray, 512x512, held out from
+training) with Gaussian noise 25/255 (fixed seed): the shipped convolutional
+operator (:func:`sklearn_ergo.denoise_image`) next to
+``denoise_tv_chambolle`` (weight tuned on the training images by
+``benchmarks/denoise_table.py``) and BM3D when installed.  Best of
+``--repeat`` runs.
+
+    python benchmarks/bench_denoise.py [--repeat 3] [--quick]
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from sklearn_ergo import denoise_image
+
+TV_WEIGHT = 0.0722  # tuned for sigma = 25/255 by benchmarks/denoise_table.py
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="256x256, one run")
+    args = parser.parse_args(argv)
+    from skimage import data
+    from skimage.color import rgb2gray
+    from skimage.restoration import denoise_tv_chambolle
+
+    clean = rgb2gray(data.immunohistochemistry())
+    if args.quick:
+        clean, args.repeat = clean[:256, :256], 1
+    sigma = 25 / 255
+    noisy = clean + sigma * np.random.default_rng(0).standard_normal(clean.shape)
+    methods = {
+        "TV": lambda y: denoise_tv_chambolle(y, weight=TV_WEIGHT),
+        "ours conv": lambda y: denoise_image(y, sigma),
+    }
+    try:
+        import bm3d
+
+        methods["BM3D"] = lambda y: bm3d.bm3d(y, sigma_psd=sigma)
+    except ImportError:
+        print("bm3d is not installed: no BM3D row.")
+    print(f"{clean.shape[0]}x{clean.shape[1]} image, sigma = 25/255\n")
+    print("| method | PSNR (dB) | seconds |\n|---|---|---|")
+    for name, fn in methods.items():
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            out = fn(noisy)
+            times.append(time.perf_counter() - start)
+        psnr = 10 * np.log10(1 / np.mean((np.clip(out, 0, 1) - clean) ** 2))
+        print(f"| {name} | {psnr:.2f} | {min(times):.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Command line: ``demo``, ``denoise`` an image file, ``train`` a denoiser on images.
+
+``main(argv)`` takes the arguments after the program name, starting with the
+subcommand, and returns the exit status; every user error is one line on
+stderr and a non-zero status.  Image files are read and written with Pillow
+(``pip install "sklearn-ergo[image]"``).
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+PROG = "python -m sklearn_ergo"
+
+
+class CommandError(Exception):
+    """A user error, reported as one line on stderr."""
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise CommandError(
+            'reading and writing images needs Pillow: pip install "sklearn-ergo[image]"'
+        ) from exc
+    return Image
+
+
+def read_image(path):
+    """An image file as a uint8 array, gray ``(H, W)`` or RGB ``(H, W, 3)``."""
+    Image = _pillow()
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+            if img.mode in ("I", "I;16", "F"):
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                return np.round(np.clip(arr / top, 0, 1) * 255).astype(np.uint8)
+            return np.asarray(img.convert(mode))
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read image {path!r}: {exc}") from exc
+
+
+def write_image(path, array):
+    Image = _pillow()
+    try:
+        Image.fromarray(array).save(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CommandError(f"cannot write image {path!r}: {exc}") from exc
+
+
+def _sigma(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (np.isfinite(value) and 0 < value <= 255):
+        raise argparse.ArgumentTypeError(
+            f"sigma must be in (0, 255] (8-bit units), got {text}"
+        )
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Learned analysis-operator image denoising."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="learn K on natural-image patches and report PSNR against patch TV",
+        description="Fit AnalysisOperatorLearner on patches of china.jpg and "
+        "denoise patches of flower.jpg (scikit-learn's sample images, read with "
+        "Pillow).",
+    )
+    demo.add_argument("--n-patches", type=_positive_int, default=20_000)
+    demo.add_argument("--n-layers", type=_positive_int, default=20)
+    demo.add_argument("--max-iter", type=_positive_int, default=20)
+    demo.add_argument("--n-jobs", type=int, default=None)
+
+    den = sub.add_parser(
+        "denoise",
+        help="denoise an image file",
+        description="Denoise a gray or RGB image (PNG, JPEG, TIFF, ...).",
+    )
+    den.add_argument("input", help="noisy image file")
+    den.add_argument("-o", "--output", required=True, help="denoised image file")
+    den.add_argument(
+        "--sigma",
+        type=_sigma,
+        required=True,
+        help="noise standard deviation in 8-bit units (0-255), e.g. 25",
+    )
+    den.add_argument(
+        "--model", help="a model .npz from 'train' (default: the shipped operators)"
+    )
+
+    tr = sub.add_parser(
+        "train",
+        help="train a denoiser on clean image files",
+        description="Learn a convolutional denoiser from clean images, adding "
+        "Gaussian noise of --sigma; shows the progress.",
+    )
+    tr.add_argument("images", nargs="+", help="clean training image files")
+    tr.add_argument("--sigma", type=_sigma, required=True, help="noise level (0-255)")
+    tr.add_argument("-o", "--output", required=True, help="model file (.npz)")
+    tr.add_argument("--n-filters", type=_positive_int, default=16)
+    tr.add_argument("--patch-size", type=_positive_int, default=5)
+    tr.add_argument("--n-layers", type=_positive_int, default=20)
+    tr.add_argument("--crop-size", type=_positive_int, default=64)
+    tr.add_argument("--n-crops", type=_positive_int, default=16)
+    tr.add_argument("--max-iter", type=_positive_int, default=40)
+    tr.add_argument("--n-jobs", type=int, default=None)
+    tr.add_argument("--random-state", type=int, default=0)
+    return parser
+
+
+def _demo(args):
+    from ._demo import run_demo
+
+    _pillow()
+    run_demo(args.n_patches, args.n_layers, args.max_iter, n_jobs=args.n_jobs)
+
+
+def _denoise(args):
+    from ._pretrained import denoise_image, load_denoiser
+
+    image = read_image(args.input)
+    try:
+        if args.model is None:
+            out = denoise_image(image, args.sigma)
+        else:
+            out = load_denoiser(args.model).denoise(image, sigma=args.sigma)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    write_image(args.output, out)
+
+
+def _train(args):
+    from ._denoiser import ImageDenoiser
+    from ._pretrained import save_denoiser
+
+    images = [read_image(path) for path in args.images]
+    den = ImageDenoiser(
+        n_filters=args.n_filters,
+        patch_size=args.patch_size,
+        n_layers=args.n_layers,
+        noise_std=args.sigma / 255.0,
+        crop_size=args.crop_size,
+        n_crops=args.n_crops,
+        max_iter=args.max_iter,
+        n_jobs=args.n_jobs,
+        random_state=args.random_state,
+        verbose=1,
+    )
+    try:
+        den.fit(images)
+        save_denoiser(den, args.output)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write model {args.output!r}: {exc}") from exc
+    print(
+        f"saved {args.output}: validation PSNR {den.validation_psnr_[0]:.2f} dB "
+        f"(initial) -> {max(den.validation_psnr_):.2f} dB (best)"
+    )
+
+
+def main(argv=None):
+    """Run a subcommand; ``argv`` starts with ``demo``, ``denoise`` or ``train``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 on a user error (one line on stderr), 2 on bad
+        arguments (argparse's message).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or an argparse error already printed
+        return int(exc.code or 0)
+    try:
+        {"demo": _demo, "denoise": _denoise, "train": _train}[args.command](args)
+    except CommandError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

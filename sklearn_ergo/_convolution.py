@@ -1,0 +1,203 @@
+"""The convolutional analysis operator: the same ``K`` at every patch position.
+
+``K`` has shape ``(m, p * p)``: ``m`` filters of size ``p x p`` stored
+row-major.  On an image ``x`` of shape ``(H, W)`` the operator is
+``(𝒦 x)_j = K P_j x`` where ``P_j`` extracts the ``p x p`` patch at position
+``j`` (``../shared/MATH.md``, section 6).  With the im2col matrix ``C(x)``
+(one row per position) ``𝒦 x = C(x) K^T`` is one GEMM and
+``𝒦^T Y = col2im(Y K)`` scatters and sums the patch contributions back, so
+the operator implements the protocol of
+:class:`~sklearn_ergo._operators.DenseOperator` on row-stacked flattened
+images and the unrolled forward/backward pass runs on it unchanged.
+
+Boundaries
+----------
+``"valid"``
+    Only patches inside the image: ``(H - p + 1) (W - p + 1)`` positions.
+    Border pixels lie in fewer patches and are regularised less; pad the
+    image (e.g. symmetrically) before denoising to avoid that.
+``"periodic"``
+    Patches wrap around: ``H W`` positions.  With the 2x2 forward differences
+    this is anisotropic total variation on the torus.
+
+Operator norm
+-------------
+The step rule needs an upper bound of ``||𝒦||_2`` that holds to the last bit
+(``sigma tau ||𝒦||^2 < 1``).  For both boundaries ``||𝒦||_2^2`` is at most
+the supremum over frequencies ``w`` of the symbol
+``f(w) = sum_k |K_k^(w)|^2`` (a periodic convolution is diagonalised by the
+Fourier transform, and a valid one is a restriction of the periodic one on a
+larger torus, applied to the zero-padded image).  ``f`` is a trigonometric
+polynomial of degree ``p - 1`` per variable, so by Bernstein's inequality its
+maximum on an ``M x M`` grid is within a factor ``1 - (p - 1)^2 h^2 / 2``
+(``h = 2 pi / M``) of its supremum.  :func:`symbol_norm_bound` returns that
+certified bound: it does not depend on the image size (an operator trained on
+crops runs with the same steps on a whole image), costs one small FFT instead
+of a power iteration whose convergence degrades like ``1 / H^2``, and is an
+explicit, exactly differentiable function of ``K``.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+BOUNDARIES = ("valid", "periodic")
+
+# Grid of the symbol's maximisation: for p = 5 the certified bound exceeds
+# the grid maximum by 0.24 % at most (in norm), for p = 7 by 0.55 %.
+_SYMBOL_GRID = 256
+
+
+def symbol_norm_bound(K, patch_size, grid=_SYMBOL_GRID):
+    """Certified upper bound of ``||𝒦||_2`` for every image size, and its gradient.
+
+    Parameters
+    ----------
+    K : ndarray of shape (n_filters, patch_size ** 2)
+    patch_size : int
+    grid : int
+        Size of the frequency grid on which the symbol is maximised.
+
+    Returns
+    -------
+    bound : float
+        ``sqrt(max_grid f / (1 - (p - 1)^2 h^2 / 2))`` with ``h = 2 pi / grid``.
+    grad : ndarray of shape K.shape
+        Its gradient with respect to ``K`` (float64), exact wherever the grid
+        maximiser is unique up to the symmetry ``w -> -w``.
+    """
+    p = patch_size
+    h = 2.0 * np.pi / grid
+    slack = 1.0 - 0.5 * (p - 1) ** 2 * h**2
+    if slack <= 0.5:
+        raise ValueError(f"grid={grid} is too coarse for patch_size={p}.")
+    filters = K.astype(np.float64, copy=False).reshape(-1, p, p)
+    # f(-w) = f(w) for real filters, so the half spectrum holds every value.
+    F = np.fft.rfft2(filters, s=(grid, grid))
+    f = np.einsum("kij,kij->ij", F.real, F.real) + np.einsum(
+        "kij,kij->ij", F.imag, F.imag
+    )
+    i, j = np.unravel_index(np.argmax(f), f.shape)
+    bound = float(np.sqrt(f[i, j] / slack))
+    if bound == 0.0:
+        return 0.0, np.zeros(K.shape)
+    # d f(w) / d K_k[a] = 2 Re(conj(K_k^(w)) exp(-i w.a)) at the maximiser w.
+    u, v = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    phase = np.exp(-1j * h * (i * u + j * v)).ravel()
+    dfdK = 2.0 * (np.conj(F[:, i, j])[:, None] * phase[None, :]).real
+    return bound, dfdK / (2.0 * slack * bound)
+
+
+class ConvolutionalOperator:
+    """``K`` applied at every ``p x p`` patch position of row-stacked images.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (n_filters, patch_size ** 2)
+        The filters, row-major.
+    image_shape : tuple of int (height, width)
+        Shape of the images; samples are rows of length ``height * width``.
+    patch_size : int
+    boundary : {"valid", "periodic"}, default="valid"
+        See the module docstring.
+
+    Attributes
+    ----------
+    n_primal : int
+        ``height * width``.
+    n_dual : int
+        ``n_positions * n_filters``; dual rows hold one ``n_filters``-vector
+        per patch position (position-major).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ergo._convolution import ConvolutionalOperator
+    >>> K = np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]])  # TV
+    >>> op = ConvolutionalOperator(K, (4, 5), 2, boundary="periodic")
+    >>> op.n_primal, op.n_dual
+    (20, 40)
+    >>> x = np.arange(20.0).reshape(1, 20)
+    >>> float(np.abs(op.apply(x)).sum())  # anisotropic TV on the torus
+    182.0
+    """
+
+    def __init__(self, weights, image_shape, patch_size, boundary="valid"):
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}.")
+        H, W = (int(s) for s in image_shape)
+        p = int(patch_size)
+        if weights.ndim != 2 or weights.shape[1] != p * p:
+            raise ValueError(
+                f"weights must have shape (n_filters, {p * p}) for patch_size={p}, "
+                f"got {weights.shape}."
+            )
+        if min(H, W) < p:
+            raise ValueError(
+                f"Images of shape {(H, W)} are smaller than the {p}x{p} filters."
+            )
+        self.weights = weights
+        self.image_shape = (H, W)
+        self.patch_size = p
+        self.boundary = boundary
+        self.n_filters = weights.shape[0]
+        if boundary == "valid":
+            self._grid = (H - p + 1, W - p + 1)
+        else:
+            self._grid = (H, W)
+        self.n_positions = self._grid[0] * self._grid[1]
+        self.n_primal = H * W
+        self.n_dual = self.n_positions * self.n_filters
+
+    def _columns(self, X):
+        """im2col: ``(N * n_positions, p * p)``, one patch per row."""
+        p = self.patch_size
+        images = X.reshape(-1, *self.image_shape)
+        if self.boundary == "periodic":
+            images = np.pad(images, ((0, 0), (0, p - 1), (0, p - 1)), mode="wrap")
+        windows = sliding_window_view(images, (p, p), axis=(1, 2))
+        return windows.reshape(-1, p * p)
+
+    def apply(self, X, out=None):
+        """Return ``𝒦 x`` for every row of ``X``, shape ``(N, n_dual)``."""
+        N = X.shape[0]
+        if out is None:
+            out = np.empty((N, self.n_dual), dtype=np.result_type(X, self.weights))
+        np.matmul(
+            self._columns(X),
+            self.weights.T,
+            out=out.reshape(N * self.n_positions, self.n_filters),
+        )
+        return out
+
+    def adjoint(self, Y, out=None):
+        """Return ``𝒦^T y`` for every row of ``Y`` (col2im), shape ``(N, n_primal)``."""
+        N, p = Y.shape[0], self.patch_size
+        (H, W), (Hg, Wg) = self.image_shape, self._grid
+        cols = (Y.reshape(N * self.n_positions, self.n_filters) @ self.weights).reshape(
+            N, Hg, Wg, p, p
+        )
+        canvas = np.zeros((N, Hg + p - 1, Wg + p - 1), dtype=cols.dtype)
+        for u in range(p):
+            for v in range(p):
+                canvas[:, u : u + Hg, v : v + Wg] += cols[:, :, :, u, v]
+        if self.boundary == "periodic" and p > 1:
+            # Fold the wrapped margin back onto the pixels it copies.
+            canvas[:, : p - 1, :] += canvas[:, H:, :]
+            canvas[:, :H, : p - 1] += canvas[:, :H, W:]
+            canvas = canvas[:, :H, :W]
+        if out is None:
+            return canvas.reshape(N, H * W)
+        out[...] = canvas.reshape(N, H * W)
+        return out
+
+    def weight_grad(self, Y, X):
+        """Gradient of ``sum_i <Y_i, 𝒦 X_i>`` with respect to ``K``: ``Y^T C(X)``."""
+        Yc = Y.reshape(-1, self.n_filters)
+        return Yc.T @ self._columns(X)
+
+    def norm_and_grad(self):
+        """Certified upper bound of ``||𝒦||_2`` and its gradient in ``K``.
+
+        See :func:`symbol_norm_bound`; the same bound for every image size.
+        """
+        return symbol_norm_bound(self.weights, self.patch_size)

@@ -1,0 +1,122 @@
+"""Saved convolutional denoisers and the pretrained ones shipped with the package.
+
+A model file is a plain ``.npz`` (read with ``allow_pickle=False``) holding
+the filters, the settings of the unrolled map and a format marker.  The
+shipped operators are trained by ``benchmarks/train_pretrained.py`` on the
+bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
+``moon``, ``text``, ``brick``, ``grass``, ``gravel`` and ``page`` only.
+"""
+
+import math
+from importlib import resources
+
+import numpy as np
+
+from ._denoiser import ImageDenoiser, as_float_image
+
+FORMAT = "sklearn-ergo-convolutional-denoiser-1"
+
+#: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
+#: shipped operators.
+PRETRAINED_LEVELS = (5, 10, 15, 25, 50)
+
+_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
+
+
+def save_denoiser(denoiser, path):
+    """Save a fitted convolutional :class:`ImageDenoiser` to ``path`` (``.npz``)."""
+    if denoiser.structure != "convolutional" or not hasattr(denoiser, "components_"):
+        raise ValueError("Only fitted convolutional ImageDenoisers can be saved.")
+    np.savez(
+        path,
+        format=np.array(FORMAT),
+        components=denoiser.components_,
+        noise_std=np.array(denoiser.noise_std_),
+        **{key: np.array(getattr(denoiser, key)) for key in _SETTINGS},
+    )
+
+
+def load_denoiser(path):
+    """Load a denoiser saved by :func:`save_denoiser`; returns a fitted ImageDenoiser.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such a model.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Cannot read a model from {path!s}: {exc}") from exc
+    if "format" not in fields or str(fields["format"]) != FORMAT:
+        raise ValueError(f"{path!s} is not an sklearn-ergo denoiser ({FORMAT}).")
+    K = np.asarray(fields["components"], dtype=np.float64)
+    p = math.isqrt(K.shape[1]) if K.ndim == 2 else 0
+    if p < 2 or p * p != K.shape[1] or not np.all(np.isfinite(K)):
+        raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
+    settings = {key: fields[key].item() for key in _SETTINGS}
+    den = ImageDenoiser(
+        n_filters=K.shape[0],
+        patch_size=p,
+        noise_std=float(fields["noise_std"]),
+        **settings,
+    )
+    den.components_ = K
+    den.noise_std_ = float(fields["noise_std"])
+    return den
+
+
+def pretrained_denoiser(level):
+    """The shipped denoiser for noise ``level`` (8-bit units).
+
+    ``level`` is one of :data:`PRETRAINED_LEVELS`.
+    """
+    if level not in PRETRAINED_LEVELS:
+        raise ValueError(f"level must be one of {PRETRAINED_LEVELS}, got {level!r}.")
+    ref = resources.files("sklearn_ergo") / "pretrained" / f"sigma{level}.npz"
+    with resources.as_file(ref) as path:
+        return load_denoiser(path)
+
+
+def denoise_image(image, sigma):
+    """Denoise a gray or RGB image with the shipped pretrained operators.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W) or (H, W, 3)
+        uint8, or float in ``[0, 1]``.
+    sigma : float
+        Standard deviation of the Gaussian noise in the units of the image's
+        values: 25 for a uint8 image is 25/255 for a float one.  The
+        operator of the smallest shipped level ``s >= sigma`` (the largest,
+        50, above it) runs on the image rescaled by ``s / sigma``, so that its
+        noise has exactly the level ``s``, and the result is scaled back.
+        Between shipped levels the upper neighbour beats the lower one by
+        0.08-0.24 dB (``python benchmarks/bench_sigma.py``); below 5 and
+        above 50 the rule is not measured.
+
+    Returns
+    -------
+    ndarray of the input's shape and dtype
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ergo import denoise_image
+    >>> rng = np.random.default_rng(0)
+    >>> clean = np.kron(rng.uniform(size=(8, 8)), np.ones((16, 16)))
+    >>> noisy = clean + 25 / 255 * rng.standard_normal(clean.shape)
+    >>> out = denoise_image(noisy, 25 / 255)
+    >>> bool(np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2) / 4)
+    True
+    """
+    _, dtype = as_float_image(image)
+    level = float(sigma) * (1.0 if dtype == np.uint8 else 255.0)
+    if not (np.isfinite(level) and 0 < level <= 255):
+        raise ValueError(
+            f"sigma must be positive and at most the image range, got {sigma!r}."
+        )
+    upper = min((s for s in PRETRAINED_LEVELS if s >= level), default=None)
+    chosen = PRETRAINED_LEVELS[-1] if upper is None else upper
+    return pretrained_denoiser(chosen).denoise(image, sigma=sigma)

@@ -1,0 +1,165 @@
+"""End-to-end tests of the command line (``sklearn_ergo._cli.main``)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sklearn_ergo._cli import main
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def blocks(seed, n=4, size=12):
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.uniform(0.2, 0.8, size=(n, n)), np.ones((size, size)))
+
+
+@pytest.fixture
+def noisy_png(tmp_path):
+    clean = blocks(0)
+    noisy = clean + 25 / 255 * np.random.default_rng(1).standard_normal(clean.shape)
+    path = tmp_path / "noisy.png"
+    Image.fromarray(np.round(np.clip(noisy, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path, clean
+
+
+def read(path):
+    with Image.open(path) as img:
+        return np.asarray(img, dtype=np.float64) / 255.0
+
+
+def test_denoise_gray_and_rgb(noisy_png, tmp_path):
+    path, clean = noisy_png
+    out = tmp_path / "out.png"
+    assert main(["denoise", str(path), "-o", str(out), "--sigma", "25"]) == 0
+    before = np.mean((read(path) - clean) ** 2)
+    assert np.mean((read(out) - clean) ** 2) < before / 3
+    rgb = tmp_path / "rgb.jpg"
+    Image.open(path).convert("RGB").save(rgb, quality=98)
+    out_rgb = tmp_path / "out_rgb.tiff"
+    assert main(["denoise", str(rgb), "-o", str(out_rgb), "--sigma", "25"]) == 0
+    assert read(out_rgb).shape == clean.shape + (3,)
+
+
+def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys):
+    clean_path = tmp_path / "clean.png"
+    Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)
+    model = tmp_path / "model.npz"
+    argv = ["train", str(clean_path), "--sigma", "25", "-o", str(model)]
+    argv += ["--n-filters", "3", "--patch-size", "3", "--n-layers", "4"]
+    argv += ["--crop-size", "16", "--n-crops", "2", "--max-iter", "1"]
+    assert main(argv) == 0
+    assert "validation PSNR" in capsys.readouterr().out
+    out = tmp_path / "out.png"
+    path, _ = noisy_png
+    argv = ["denoise", str(path), "-o", str(out), "--sigma", "20", "--model"]
+    assert main([*argv, str(model)]) == 0
+    assert read(out).shape == read(path).shape
+
+
+@pytest.mark.parametrize(
+    "make_args, status, message",
+    [
+        (
+            lambda p, t: [
+                "denoise",
+                str(t / "none.png"),
+                "-o",
+                "x.png",
+                "--sigma",
+                "9",
+            ],
+            1,
+            "cannot read image",
+        ),
+        (
+            lambda p, t: [
+                "denoise",
+                str(p),
+                "-o",
+                str(t / "no" / "x.png"),
+                "--sigma",
+                "9",
+            ],
+            1,
+            "cannot write image",
+        ),
+        (lambda p, t: ["denoise", str(p), "-o", "x.png", "--sigma", "-3"], 2, "sigma"),
+        (lambda p, t: ["denoise", str(p), "-o", "x.png", "--sigma", "a"], 2, "number"),
+        (
+            lambda p, t: [
+                "denoise",
+                str(p),
+                "-o",
+                "x.png",
+                "--sigma",
+                "9",
+                "--model",
+                str(p),
+            ],
+            1,
+            "Cannot read a model",
+        ),
+        (
+            lambda p, t: [
+                "train",
+                str(p),
+                "--sigma",
+                "9",
+                "-o",
+                "m.npz",
+                "--crop-size",
+                "999",
+            ],
+            1,
+            "at least 999x999",
+        ),
+    ],
+)
+def test_errors_are_one_line(noisy_png, tmp_path, capsys, make_args, status, message):
+    path, _ = noisy_png
+    assert main(make_args(path, tmp_path)) == status
+    err = capsys.readouterr().err
+    assert message in err
+    if status == 1:
+        assert err.count("\n") == 1
+
+
+def test_subprocess_exit_status(tmp_path):
+    code = (
+        "import sys; from sklearn_ergo._cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["denoise", str(tmp_path / "missing.png"), "-o", "x.png", "--sigma", "25"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "python -m sklearn_ergo denoise: error: cannot read"
+    )
+
+
+def test_demo_subcommand_learns_and_reports(capsys):
+    args = ["demo", "--n-patches", "2000", "--n-layers", "5", "--max-iter", "5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    psnrs = {
+        name: float(line.split()[-2])
+        for line in out.splitlines()
+        for name in ("noisy input", "learned operator")
+        if line.strip().startswith(name)
+    }
+    assert psnrs["learned operator"] > psnrs["noisy input"] + 3
+    assert "gain of learning over tuned TV" in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "sklearn_ergo", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "demo" in result.stdout

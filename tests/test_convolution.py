@@ -1,0 +1,190 @@
+"""Tests of the convolutional operator, its norm bound and the exact gradient."""
+
+import functools
+
+import numpy as np
+import pytest
+from joblib import parallel_config
+from scipy.sparse.linalg import LinearOperator, svds
+
+from sklearn_ergo._convolution import (
+    BOUNDARIES,
+    ConvolutionalOperator,
+    symbol_norm_bound,
+)
+from sklearn_ergo._prox import make_penalty
+from sklearn_ergo._unrolled import _loss_grad, output_weights, step_schedule
+from sklearn_ergo.image import (
+    accelerated_steps,
+    convolutional_denoise,
+    convolutional_loss_grad,
+    initial_filters,
+    tv_filters,
+)
+
+TV2 = np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]])
+
+
+def operator_norm(op):
+    A = LinearOperator(
+        (op.n_dual, op.n_primal),
+        matvec=lambda x: op.apply(x.reshape(1, -1))[0],
+        rmatvec=lambda y: op.adjoint(y.reshape(1, -1))[0],
+        dtype=np.float64,
+    )
+    return svds(A, k=1, tol=1e-12, random_state=0, return_singular_vectors=False)[0]
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("p", [1, 2, 3, 5])
+def test_adjoint_and_weight_grad(boundary, p):
+    rng = np.random.default_rng(p)
+    H, W = 7, 9
+    K = rng.standard_normal((4, p * p))
+    op = ConvolutionalOperator(K, (H, W), p, boundary)
+    X = rng.standard_normal((3, H * W))
+    Y = rng.standard_normal((3, op.n_dual))
+    value = np.vdot(op.apply(X), Y)
+    assert np.vdot(X, op.adjoint(Y)) == pytest.approx(value, rel=1e-12)
+    # <Y, 𝒦_K X> is linear in K with gradient weight_grad(Y, X).
+    assert np.vdot(K, op.weight_grad(Y, X)) == pytest.approx(value, rel=1e-12)
+    out = np.empty((3, op.n_dual))
+    assert op.apply(X, out=out) is out
+    np.testing.assert_allclose(out, op.apply(X))
+
+
+def test_tv_filters_give_anisotropic_tv():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8))
+    per = ConvolutionalOperator(TV2, x.shape, 2, "periodic")
+    tv_torus = (
+        np.abs(np.roll(x, -1, axis=1) - x).sum()
+        + np.abs(np.roll(x, -1, axis=0) - x).sum()
+    )
+    assert np.abs(per.apply(x.reshape(1, -1))).sum() == pytest.approx(tv_torus)
+    # 𝒦^T is minus the divergence of the periodic forward differences.
+    Y = rng.standard_normal((6, 8, 2))
+    div = Y[..., 0] - np.roll(Y[..., 0], 1, axis=1)
+    div += Y[..., 1] - np.roll(Y[..., 1], 1, axis=0)
+    adj = per.adjoint(Y.reshape(1, -1))[0].reshape(x.shape)
+    np.testing.assert_allclose(adj, -div, atol=1e-12)
+    # Valid positions: the differences inside the image, first H-1 x W-1 rows.
+    valid = ConvolutionalOperator(TV2, x.shape, 2, "valid")
+    tv_valid = (
+        np.abs(np.diff(x[:-1], axis=1)).sum() + np.abs(np.diff(x[:, :-1], axis=0)).sum()
+    )
+    assert np.abs(valid.apply(x.reshape(1, -1))).sum() == pytest.approx(tv_valid)
+    # tv_filters embeds the same differences in a p x p support.
+    D = tv_filters(3).reshape(2, 3, 3)[:, :2, :2].reshape(2, 4)
+    np.testing.assert_array_equal(D, TV2)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("p", [2, 3, 5])
+def test_symbol_bound_dominates_norm(boundary, p):
+    rng = np.random.default_rng(10 + p)
+    K = rng.standard_normal((3, p * p))
+    bound, _ = symbol_norm_bound(K, p)
+    for shape in [(p, p + 1), (8, 11), (16, 16)]:
+        op = ConvolutionalOperator(K, shape, p, boundary)
+        assert operator_norm(op) <= bound
+    # The bound is tight: the periodic operator on a 32x32 torus comes close.
+    op = ConvolutionalOperator(K, (32, 32), p, "periodic")
+    assert operator_norm(op) >= 0.98 * bound
+
+
+def test_symbol_bound_of_tv_and_gradient():
+    bound, grad = symbol_norm_bound(TV2, 2)
+    # sup_w |1 - e^{-i w1}|^2 + |1 - e^{-i w2}|^2 = 8, certified within 0.05 %.
+    assert np.sqrt(8) <= bound <= np.sqrt(8) * 1.0005
+    rng = np.random.default_rng(1)
+    K = rng.standard_normal((4, 9))
+    _, grad = symbol_norm_bound(K, 3)
+    d = rng.standard_normal(K.shape)
+    h = 1e-6
+    fd = (symbol_norm_bound(K + h * d, 3)[0] - symbol_norm_bound(K - h * d, 3)[0]) / (
+        2 * h
+    )
+    assert np.vdot(grad, d) == pytest.approx(fd, rel=1e-7)
+
+
+def test_accelerated_steps():
+    steps = accelerated_steps(2.0, 6, tau0=0.5)
+    np.testing.assert_allclose(steps.sigma * steps.tau * 4.0, 0.99**2)
+    np.testing.assert_allclose(steps.theta, 1 / np.sqrt(1 + 2 * steps.tau))
+    np.testing.assert_allclose(steps.tau[1:], steps.tau[:-1] * steps.theta[:-1])
+    assert (steps.sigma_power, steps.tau_power) == (2.0, 0.0)
+
+
+def _problem(seed=0, shape=(3, 9, 8), m=5, p=3):
+    rng = np.random.default_rng(seed)
+    clean = rng.uniform(size=shape)
+    noisy = clean + 0.1 * rng.standard_normal(shape)
+    K = 0.1 * initial_filters(m, p, rng, scale=0.5)
+    return K, noisy, clean, rng
+
+
+def _check_gradient(f, K, rng, rel):
+    loss, grad = f(K)
+    for _ in range(2):
+        d = rng.standard_normal(K.shape)
+        h = 1e-6
+        fd = (f(K + h * d)[0] - f(K - h * d)[0]) / (2 * h)
+        assert np.vdot(grad, d) == pytest.approx(fd, rel=rel)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+@pytest.mark.parametrize("penalty", ["l1", "huber"])
+@pytest.mark.parametrize("steps", [None, (0.5, 0.5)])
+def test_gradient_core_step_rule(boundary, unroll, penalty, steps):
+    """The core kernels on the convolutional operator, through the factory."""
+    K, noisy, clean, rng = _problem()
+    N, H, W = noisy.shape
+    make_op = functools.partial(
+        ConvolutionalOperator, image_shape=(H, W), patch_size=3, boundary=boundary
+    )
+    alpha = output_weights(7, unroll)
+    pen = make_penalty(penalty, 0.01)
+
+    def f(K):
+        sched, norm, norm_grad = step_schedule(make_op(K), 7, *(steps or (None, None)))
+        return _loss_grad(
+            K,
+            noisy.reshape(N, -1),
+            clean.reshape(N, -1),
+            sched,
+            norm,
+            norm_grad,
+            pen,
+            alpha,
+            chunk_size=2,
+            make_op=make_op,
+        )
+
+    _check_gradient(f, K, rng, rel=1e-7)
+
+
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+def test_gradient_accelerated_schedule(unroll):
+    # The accelerated dual steps are large, so the l1 map has kinks densely
+    # enough to spoil finite differences; the Huber map is smooth enough.
+    K, noisy, clean, rng = _problem(seed=3)
+
+    def f(K):
+        return convolutional_loss_grad(
+            K, noisy, clean, n_layers=7, unroll=unroll, penalty="huber", huber_eps=0.1
+        )
+
+    _check_gradient(f, K, rng, rel=1e-6)
+
+
+def test_parallel_chunks_match_serial():
+    K, noisy, clean, _ = _problem(shape=(5, 8, 8))
+    loss1, grad1 = convolutional_loss_grad(K, noisy, clean, n_layers=5)
+    with parallel_config(backend="threading"):
+        loss2, grad2 = convolutional_loss_grad(K, noisy, clean, n_layers=5, n_jobs=2)
+    assert loss2 == pytest.approx(loss1, rel=1e-12)
+    np.testing.assert_allclose(grad2, grad1, rtol=1e-10, atol=1e-14)
+    out = convolutional_denoise(K, noisy, n_layers=5)
+    assert out.shape == noisy.shape

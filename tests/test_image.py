@@ -1,0 +1,173 @@
+"""Tests of ImageDenoiser: training, dtypes, colour, errors."""
+
+import functools
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from sklearn_ergo import ImageDenoiser
+from sklearn_ergo._convolution import ConvolutionalOperator
+from sklearn_ergo._prox import make_penalty
+from sklearn_ergo._unrolled import _denoise, output_weights, step_schedule
+from sklearn_ergo.image import convolutional_denoise, pad_images, tv_filters
+
+SIGMA = 0.1
+
+
+def blocks(seed, n=6, size=8):
+    """A piecewise-constant image: TV's favourite, learnable in seconds."""
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.uniform(0.2, 0.8, size=(n, n)), np.ones((size, size)))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return ImageDenoiser(
+        n_layers=8,
+        crop_size=24,
+        n_crops=4,
+        max_iter=4,
+        redraw_every=2,
+        noise_std=SIGMA,
+        random_state=0,
+    ).fit([blocks(0), blocks(1)])
+
+
+def mse(a, b):
+    return float(np.mean((np.asarray(a, dtype=float) - b) ** 2))
+
+
+def test_fit_attributes_and_keeps_best(fitted):
+    assert fitted.components_.shape == (8, 25)
+    assert fitted.noise_std_ == SIGMA
+    assert len(fitted.loss_curve_) == len(fitted.validation_psnr_) == 3
+    assert fitted.n_iter_ <= 4
+    # The kept operator is the best one on the held-out draw, never worse
+    # than the tuned TV it started from.
+    assert max(fitted.validation_psnr_) >= fitted.validation_psnr_[0]
+
+
+def test_denoise_beats_noisy_and_accepts_dtypes(fitted):
+    clean = blocks(5)
+    rng = np.random.default_rng(0)
+    noisy = clean + SIGMA * rng.standard_normal(clean.shape)
+    out = fitted.denoise(noisy)
+    assert out.shape == clean.shape and out.dtype == np.float64
+    assert mse(out, clean) < mse(noisy, clean) / 4
+    out32 = fitted.denoise(noisy.astype(np.float32))
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, out, atol=1e-5)
+    # uint8 in, uint8 out, with sigma in 8-bit units.
+    u8 = np.clip(np.round(noisy * 255), 0, 255).astype(np.uint8)
+    out8 = fitted.denoise(u8, sigma=SIGMA * 255)
+    assert out8.dtype == np.uint8 and out8.shape == u8.shape
+    assert mse(out8 / 255.0, clean) < mse(u8 / 255.0, clean) / 4
+    # sigma at the trained level is the identity rescaling.
+    np.testing.assert_allclose(fitted.denoise(noisy, sigma=SIGMA), out, atol=1e-12)
+    stacked = fitted.transform(np.stack([noisy, noisy]))
+    np.testing.assert_allclose(stacked[1], out)
+
+
+@pytest.mark.parametrize("color", ["opponent", "per_channel"])
+def test_colour_images(fitted, color):
+    den = clone(fitted).set_params(color=color)
+    den.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    clean = np.repeat(blocks(7)[:, :, None], 3, axis=2)
+    rng = np.random.default_rng(1)
+    noisy = clean + SIGMA * rng.standard_normal(clean.shape)  # i.i.d. per channel
+    out = den.denoise(noisy)
+    assert out.shape == noisy.shape
+    if color == "per_channel":
+        np.testing.assert_allclose(out[:, :, 1], den.denoise(noisy[:, :, 1]))
+    else:
+        # Zero chrominance: the opponent split denoises better than gray alone.
+        gray_mse = mse(den.denoise(noisy[:, :, 1]), clean[:, :, 1])
+        assert mse(out, clean) < gray_mse
+
+
+def test_fit_from_pairs():
+    rng = np.random.default_rng(2)
+    clean = [blocks(3), blocks(4)]
+    noisy = [c + SIGMA * rng.standard_normal(c.shape) for c in clean]
+    den = ImageDenoiser(
+        n_filters=4,
+        patch_size=3,
+        n_layers=6,
+        crop_size=20,
+        n_crops=3,
+        max_iter=2,
+        random_state=0,
+    ).fit(noisy, clean)
+    assert den.noise_std_ == pytest.approx(SIGMA, rel=0.05)
+    assert den.components_.shape == (4, 9)
+
+
+def test_patch_structure():
+    den = ImageDenoiser(
+        "patch",
+        patch_size=4,
+        n_layers=6,
+        max_patches=500,
+        max_iter=4,
+        redraw_every=2,
+        noise_std=SIGMA,
+        random_state=0,
+    ).fit([blocks(0)])
+    assert den.patch_estimator_.components_.shape[1] == 16
+    clean = blocks(6)
+    noisy = clean + SIGMA * np.random.default_rng(3).standard_normal(clean.shape)
+    out = den.denoise(noisy)
+    assert out.shape == clean.shape
+    assert mse(out, clean) < mse(noisy, clean) / 2
+
+
+def test_accelerated_schedule_converges_to_the_same_minimiser():
+    """Accelerated and plain steps converge to the same (TV) minimiser."""
+    clean = blocks(8, n=3)
+    noisy = clean + SIGMA * np.random.default_rng(4).standard_normal(clean.shape)
+    K = 0.05 * tv_filters(2)
+    fast = convolutional_denoise(K, noisy[None], n_layers=1000)[0]
+    padded = pad_images(noisy[None], 2).reshape(1, -1)
+    make_op = functools.partial(
+        ConvolutionalOperator, image_shape=(26, 26), patch_size=2
+    )
+    steps = step_schedule(make_op(K), 4000)[0]
+    slow = _denoise(
+        K,
+        padded,
+        steps,
+        make_penalty("l1", 0.0),
+        output_weights(4000, "last"),
+        make_op=make_op,
+    ).reshape(26, 26)[1:-1, 1:-1]
+    assert mse(fast, slow) < 1e-4 * mse(noisy, clean)
+    assert mse(fast, clean) < mse(noisy, clean) / 4
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.full((20, 20), np.nan), "NaN"),
+        (np.zeros((20, 20, 4)), "2-D gray image or an"),
+        (np.zeros((3, 3)), "at least 5x5"),
+        (np.full((20, 20), 200.0), "must be in \\[0, 1\\]"),
+        (np.full((20, 20), -2.5), "must be in \\[0, 1\\]"),
+    ],
+)
+def test_denoise_errors(fitted, image, match):
+    with pytest.raises(ValueError, match=match):
+        fitted.denoise(image)
+
+
+def test_other_errors(fitted):
+    with pytest.raises(TypeError, match="uint8 or floating"):
+        fitted.denoise(np.zeros((20, 20), dtype=np.int64))
+    with pytest.raises(ValueError, match="sigma must be a positive"):
+        fitted.denoise(np.zeros((20, 20)), sigma=-1.0)
+    with pytest.raises(ValueError, match="at least 64x64"):
+        ImageDenoiser().fit([np.zeros((30, 30))])
+    with pytest.raises(ValueError, match="empty"):
+        ImageDenoiser().fit([])
+    with pytest.raises(ValueError, match="equal shapes"):
+        ImageDenoiser(crop_size=8).fit([np.zeros((20, 20))], [np.zeros((20, 21))])
