@@ -6,7 +6,6 @@ the estimator calls, so that they exercise the recovery paths directly.
 """
 
 import contextlib
-import os
 import pickle
 import signal
 import warnings
@@ -19,8 +18,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import sklearn_ergo._estimator as estimator_module
 import sklearn_ergo._unrolled as unrolled_module
-from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise, unrolled_loss_grad
-from sklearn_ergo._model_io import FORMAT, load_operator, save_operator
+from sklearn_ergo import AnalysisOperatorLearner, unrolled_loss_grad
 
 
 def make_pairs(n_samples=80, seed=0):
@@ -322,21 +320,6 @@ def test_pickle_and_joblib_round_trips_are_bit_identical(tmp_path, params):
         assert copy.get_params() == est.get_params()
 
 
-def test_model_file_round_trip_reproduces_predictions(tmp_path):
-    X, Y = make_pairs()
-    est = quiet_fit(learner(unroll="ergodic", penalty="huber"), X, Y)
-    names = ("n_layers", "unroll", "ergodic_weights", "penalty", "huber_eps")
-    settings = {"scale": est.scale_, **{k: getattr(est, k) for k in names}}
-    path = tmp_path / "model.npz"
-    save_operator(path, est.components_, settings)
-    K, loaded = load_operator(path)
-    np.testing.assert_array_equal(K, est.components_)
-    assert loaded == settings
-    scale = loaded.pop("scale")
-    prediction = unrolled_denoise(K, X / scale, **loaded) * scale
-    np.testing.assert_array_equal(prediction, est.predict(X))
-
-
 class _Exploit:
     """A pickle that creates a file when loaded."""
 
@@ -345,64 +328,6 @@ class _Exploit:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def test_model_file_refuses_foreign_files(tmp_path):
-    marker = tmp_path / "pwned"
-    pickled = tmp_path / "exploit.npz"
-    pickled.write_bytes(pickle.dumps(_Exploit(str(marker))))
-    (tmp_path / "text.npz").write_text("not a model")
-    np.save(tmp_path / "array.npy", np.eye(2))
-    np.savez(tmp_path / "other.npz", components=np.eye(2))
-    header = {"format": np.array(FORMAT), "settings": np.array("{}")}
-    np.savez(tmp_path / "newer.npz", version=2, components=np.eye(2), **header)
-    objects = np.array([np.eye(2)], dtype=object)
-    np.savez(tmp_path / "objects.npz", version=1, components=objects, **header)
-    save_operator(tmp_path / "good.npz", np.eye(2))
-    good = (tmp_path / "good.npz").read_bytes()
-    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
-    expected = {
-        "exploit.npz": "not a NumPy .npz archive",
-        "text.npz": "not a NumPy .npz archive",
-        "array.npy": "single array",
-        "other.npz": "format marker",
-        "newer.npz": "format version 2",
-        "objects.npz": "object arrays",
-        "truncated.npz": "not a sklearn-ergo model file",
-    }
-    for name, reason in expected.items():
-        with pytest.raises(ValueError, match=reason):
-            load_operator(tmp_path / name)
-    assert not marker.exists()
-
-
-def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / "model.npz"
-    save_operator(path, np.eye(2), {"version": "old"})
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "savez", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_operator(path, 2 * np.eye(2), {"version": "new"})
-    monkeypatch.undo()
-    assert os.listdir(tmp_path) == ["model.npz"]
-    K, settings = load_operator(path)
-    np.testing.assert_array_equal(K, np.eye(2))
-    assert settings == {"version": "old"}
-
-
-def test_model_file_refuses_to_save_unusable_models(tmp_path):
-    with pytest.raises(ValueError, match="NaN or infinity"):
-        save_operator(tmp_path / "m.npz", np.array([[np.nan]]))
-    with pytest.raises(ValueError, match="2-D float32 or float64"):
-        save_operator(tmp_path / "m.npz", np.ones(3))
-    with pytest.raises(ValueError, match="finite values"):
-        save_operator(tmp_path / "m.npz", np.eye(2), {"scale": np.inf})
-    with pytest.raises(TypeError, match="JSON serialisable"):
-        save_operator(tmp_path / "m.npz", np.eye(2), {"rng": np.random.default_rng()})
-    assert os.listdir(tmp_path) == []  # no partial or temporary file left
 
 
 # -- 5. determinism and parallel backends ---------------------------------------
@@ -500,3 +425,61 @@ def test_in_process_workers_share_the_cores(monkeypatch, backend):
     cap = joblib.cpu_count() // 2
     assert len(_SEEN_POOLS) == 2
     assert all(n <= cap for pools in _SEEN_POOLS for n in pools.values())
+
+
+# -- 4b. the image denoiser's model files (CLI, pretrained) ---------------------
+
+
+@pytest.fixture(scope="module")
+def image_denoiser():
+    from sklearn_ergo import ImageDenoiser
+
+    image = np.kron(np.random.default_rng(0).uniform(size=(4, 4)), np.ones((8, 8)))
+    return ImageDenoiser(
+        n_layers=4, crop_size=16, n_crops=2, max_iter=2, noise_std=0.1, random_state=0
+    ).fit([image])
+
+
+def test_image_denoiser_round_trips_are_bit_identical(image_denoiser, tmp_path):
+    from sklearn_ergo._pretrained import load_denoiser, save_denoiser
+
+    rng = np.random.default_rng(1)
+    noisy = rng.uniform(size=(20, 20))
+    expected = image_denoiser.denoise(noisy)
+    save_denoiser(image_denoiser, tmp_path / "model.npz")
+    joblib.dump(image_denoiser, tmp_path / "model.joblib")
+    copies = [
+        load_denoiser(tmp_path / "model.npz"),
+        joblib.load(tmp_path / "model.joblib"),
+        pickle.loads(pickle.dumps(image_denoiser)),
+    ]
+    for copy in copies:
+        np.testing.assert_array_equal(copy.denoise(noisy), expected)
+
+
+def test_image_model_file_refuses_foreign_files(image_denoiser, tmp_path):
+    from sklearn_ergo._pretrained import FORMAT, load_denoiser, save_denoiser
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "exploit.npz").write_bytes(pickle.dumps(_Exploit(str(marker))))
+    (tmp_path / "text.npz").write_text("not a model")
+    np.save(tmp_path / "array.npy", np.eye(2))
+    np.savez(tmp_path / "other.npz", components=np.eye(4))
+    np.savez(tmp_path / "keys.npz", format=np.array(FORMAT))
+    objects = np.array([np.eye(4)], dtype=object)
+    np.savez(tmp_path / "objects.npz", format=np.array(FORMAT), components=objects)
+    save_denoiser(image_denoiser, tmp_path / "good.npz")
+    good = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
+    for name in (
+        "exploit.npz",
+        "text.npz",
+        "array.npy",
+        "other.npz",
+        "keys.npz",
+        "objects.npz",
+        "truncated.npz",
+    ):
+        with pytest.raises(ValueError, match=name):
+            load_denoiser(tmp_path / name)
+    assert not marker.exists()
