@@ -14,7 +14,7 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_array, check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -28,6 +28,35 @@ from ._unrolled import _denoise, _loss_grad, output_weights, step_schedule
 # Samples used to tune the scalar weight of the initial operator: enough for
 # a stable estimate, few enough to keep the 1-D search a small part of a fit.
 _MAX_TUNING_SAMPLES = 2000
+
+
+def _rms(X):
+    """Root mean square of ``X``, free of overflow and underflow."""
+    peak = float(np.max(np.abs(X)))
+    if peak == 0.0:
+        return 0.0
+    return peak * float(np.sqrt(np.mean(np.square(X / peak), dtype=np.float64)))
+
+
+def _norm_bounds(dtype):
+    """Range of ``||K||_2`` the fit accepts: on data of unit RMS, neither the
+    steps ``c / ||K||`` nor ``K x`` come near overflow in ``dtype``."""
+    bound = float(np.sqrt(np.finfo(dtype).max))
+    return 1.0 / bound, bound
+
+
+def _is_usable(K):
+    """Whether ``K`` is finite with a norm within :func:`_norm_bounds`."""
+    if not np.all(np.isfinite(K)):
+        return False
+    low, high = _norm_bounds(K.dtype)
+    return low <= DenseOperator(K).norm_and_grad()[0] <= high
+
+
+def _add(K, update):
+    """``K + update`` in the dtype of ``K`` (overflow gives inf, checked later)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return K + update.astype(K.dtype)
 
 
 class AnalysisOperatorLearner(
@@ -104,7 +133,8 @@ class AnalysisOperatorLearner(
     batch_size : int, default=256
         Adam's mini-batch size.
     learning_rate_init : float, default=1e-3
-        Adam's learning rate.
+        Adam's learning rate.  A step that makes ``K`` non-finite is redone
+        with half the rate (see Notes).
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the pairs, monitor their loss
         instead of the training loss and keep the best operator on them.
@@ -120,14 +150,16 @@ class AnalysisOperatorLearner(
     verbose : int, default=0
         Print the loss at every iteration.
     warm_start : bool, default=False
-        Start from the ``components_`` of the previous fit.
+        Start from the ``components_`` of the previous fit (on data with as
+        many features, and divided by the new data's ``scale_``).
 
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
         The learned analysis operator ``K`` (acting on ``X / scale_``).
     scale_ : float
-        Root mean square of the noisy training inputs.
+        Root mean square of the noisy training inputs (1 if they are all
+        zero, or too small to be a normal number of their dtype).
     init_weight_ : float or None
         The tuned weight of the ``"tv"``/``"random"`` initial operator.
     loss_curve_ : list of float
@@ -142,6 +174,34 @@ class AnalysisOperatorLearner(
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Defined only when ``X`` has string feature names.
+
+    Notes
+    -----
+    **Scale, regularisation and noise.**  The variational model is
+    homogeneous: scaling ``x~`` and ``x`` by ``s`` scales the minimiser for
+    ``s K`` by ``s``, so with ``F = ||.||_1`` the size of ``K`` is the
+    regularisation weight in the units of the data and must grow with the
+    noise level.  The unrolled map with steps ``c / ||K||`` is not
+    homogeneous, hence the internal normalisation: ``components_`` is
+    dimensionless, its size is the weight relative to the RMS of the noisy
+    signals, and it grows with the noise-to-signal ratio.  Fitting on
+    ``s X, s y`` gives the same ``components_`` up to rounding and ``s``
+    times the predictions, for ``s`` from 1e-300 to 1e300.  ``predict`` uses
+    the ``scale_`` of the training data, i.e. the noise level in its units:
+    for data whose signal and noise are both ``s`` times larger, predict on
+    ``X / s`` and multiply by ``s``.
+
+    **Faults.**  ``fit`` keeps the operator with the lowest monitored loss seen
+    so far (for L-BFGS the last iterate; for Adam this undoes a late
+    divergence).  A ``KeyboardInterrupt`` during training stops the fit with a
+    ``UserWarning`` and keeps that operator, so the estimator is usable.  A
+    non-finite loss or gradient stops the fit the same way with a
+    ``ConvergenceWarning``.  An Adam step that makes ``K`` non-finite, or its
+    norm leave ``[sqrt(max)^-1, sqrt(max)]`` of the dtype, is redone with half
+    the learning rate (``ConvergenceWarning`` once).  ``components_``,
+    ``scale_`` and ``init_weight_`` are set together at the end, so a fit
+    that raises never leaves a new ``scale_`` with old ``components_``, and
+    ``components_`` is never non-finite.
 
     See Also
     --------
@@ -238,6 +298,11 @@ class AnalysisOperatorLearner(
         tags.target_tags.multi_output = True
         return tags
 
+    def __sklearn_is_fitted__(self):
+        # Not any attribute ending in "_": a fit that failed part-way (after
+        # validate_data set n_features_in_) leaves no usable model.
+        return hasattr(self, "components_")
+
     # -- the map -----------------------------------------------------------
     def _model(self):
         """Output weights (None for ``"implicit"``) and penalty of the map."""
@@ -249,9 +314,15 @@ class AnalysisOperatorLearner(
 
     def _loss_grad(self, K, X, Y, alpha, pen):
         if alpha is None:
-            return implicit_loss_grad(K, X, Y, pen, n_jobs=self.n_jobs)
-        steps, norm, norm_grad = step_schedule(DenseOperator(K), self.n_layers)
-        return _loss_grad(K, X, Y, steps, norm, norm_grad, pen, alpha, self.n_jobs)
+            loss, grad = implicit_loss_grad(K, X, Y, pen, n_jobs=self.n_jobs)
+        else:
+            steps, norm, norm_grad = step_schedule(DenseOperator(K), self.n_layers)
+            loss, grad = _loss_grad(
+                K, X, Y, steps, norm, norm_grad, pen, alpha, self.n_jobs
+            )
+        if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
+            raise FloatingPointError("non-finite loss or gradient")
+        return loss, grad
 
     def _loss(self, K, X, Y, alpha, pen):
         residual = self._apply(K, X, alpha, pen) - Y
@@ -294,15 +365,22 @@ class AnalysisOperatorLearner(
                 )
             return self.components_.astype(X.dtype), None
         if not isinstance(self.init, str):
-            K = np.array(self.init, dtype=X.dtype)
-            m = self.n_components or (K.shape[0] if K.ndim == 2 else 0)
+            K = check_array(
+                self.init, dtype=X.dtype, ensure_all_finite=False, input_name="init"
+            )
+            m = self.n_components or K.shape[0]
             if K.shape != (m, n_features):
                 raise ValueError(
                     f"init has shape {K.shape}; expected ({m}, {n_features}) = "
                     "(n_components, n_features)."
                 )
-            if not np.all(np.isfinite(K)) or not np.any(K):
-                raise ValueError("init must be finite and not all zero.")
+            if not _is_usable(K):
+                low, high = _norm_bounds(K.dtype)
+                raise ValueError(
+                    "init must be finite and not all zero, with a spectral norm "
+                    f"between {low:.2g} and {high:.2g} in {K.dtype} (it acts on "
+                    "X / scale_, of unit root mean square)."
+                )
             return K, None
         if self.init == "tv":
             if n_features < 2:
@@ -337,6 +415,10 @@ class AnalysisOperatorLearner(
         noise = float(np.sqrt(np.mean((X - Y) ** 2))) or 1e-3
         gain = float(np.sqrt(np.mean(D**2) * D.shape[1])) or 1.0
         center = np.log(noise / gain)
+        # Keep the search, margins included, inside the usable norms: y far
+        # larger (or smaller) than X would otherwise tune the weight past them.
+        low, high = np.log(_norm_bounds(D.dtype)) - np.log(np.linalg.norm(D, 2))
+        center = float(np.clip(center, low + 6.0, high - 4.0))
         result = minimize_scalar(
             lambda t: self._loss(np.exp(t) * D, X, Y, alpha, pen),
             bounds=(center - 5.0, center + 3.0),
@@ -360,11 +442,25 @@ class AnalysisOperatorLearner(
         -------
         self : AnalysisOperatorLearner
         """
-        X, y = self._validate_pairs(X, y, reset=True)
+        # A warm start keeps n_features_in_, so that data of another width is
+        # refused before the fitted model is touched.
+        warm = self.warm_start and hasattr(self, "components_")
+        X, y = self._validate_pairs(X, y, reset=not warm)
         rng = check_random_state(self.random_state)
         alpha, pen = self._model()
-        self.scale_ = float(np.sqrt(np.mean(X.astype(np.float64) ** 2))) or 1.0
-        X, y = X / X.dtype.type(self.scale_), y / X.dtype.type(self.scale_)
+        scale = _rms(X)
+        if not scale >= np.finfo(X.dtype).tiny:  # zero, or subnormal: as zero
+            scale = 1.0
+        with np.errstate(over="ignore"):  # checked just below
+            X, y = X / X.dtype.type(scale), y / X.dtype.type(scale)
+            residual = X - y
+            error = np.vdot(residual, residual)
+        if not np.isfinite(error):
+            raise ValueError(
+                f"y is too large for X: after dividing both by the root mean square "
+                f"of X ({scale:.3g}) their squared difference overflows {X.dtype}."
+            )
+        del residual
         X_val = y_val = None
         if self.early_stopping:
             n_val = max(1, int(round(self.validation_fraction * len(X))))
@@ -377,7 +473,18 @@ class AnalysisOperatorLearner(
             X_val, y_val = X[perm[:n_val]], y[perm[:n_val]]
             X, y = X[perm[n_val:]], y[perm[n_val:]]
 
-        K, self.init_weight_ = self._initial_operator(X, y, alpha, pen, rng)
+        K, init_weight = self._initial_operator(X, y, alpha, pen, rng)
+        # The solvers keep K usable from here on, and Adam's step halving
+        # relies on it to end.  (Only a warm start can fail this: init arrays
+        # are checked and the tuned weight is kept in range.)
+        if not _is_usable(K):
+            low, high = _norm_bounds(K.dtype)
+            raise ValueError(
+                f"The initial operator has a spectral norm outside [{low:.2g}, "
+                f"{high:.2g}], the range in which {K.dtype} computations stay "
+                "finite (warm_start from an operator fitted in float64?). Use "
+                "float64 data."
+            )
         self.validation_scores_ = [] if self.early_stopping else None
         self.loss_curve_ = []
         tracker = BestTracker(self.tol, self.n_iter_no_change)
@@ -403,24 +510,38 @@ class AnalysisOperatorLearner(
                 )
             return tracker.update(monitored, K)
 
-        record(K, self._loss(K, X, y, alpha, pen))
         solve = self._fit_lbfgs if self.solver == "lbfgs" else self._fit_adam
-        converged = interrupted = False
+        converged = stopped = False
         try:
+            record(K, self._loss(K, X, y, alpha, pen))
             K, converged = solve(K, X, y, alpha, pen, rng, record)
         except KeyboardInterrupt:
-            interrupted = True
+            stopped = True
             warnings.warn(
                 "fit was interrupted; keeping the best operator found so far "
                 f"(after {self.n_iter_} iterations).",
                 UserWarning,
                 stacklevel=2,
             )
-        if interrupted or self.early_stopping or not np.all(np.isfinite(K)):
+        except FloatingPointError as exc:
+            stopped = True
+            warnings.warn(
+                f"fit stopped after {self.n_iter_} iterations: {exc}; keeping the "
+                "best operator found so far.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        # Keep the best operator seen: the last one for L-BFGS (whose line
+        # search only accepts decreases); for Adam it undoes a late divergence;
+        # after a fault or an interruption it is the progress made so far.
+        # Nothing is recorded only if interrupted at once: K is then the start.
+        if tracker.best_params is not None:
             K = tracker.best_params
-        self.components_ = K
+        # All fitted attributes change together, so a failed fit never pairs
+        # a new scale_ with old components_.
+        self.components_, self.scale_, self.init_weight_ = K, scale, init_weight
         self.best_loss_ = tracker.best_loss
-        if not (converged or interrupted):
+        if not (converged or stopped):
             warnings.warn(
                 f"{self.solver} stopped at max_iter={self.max_iter} before the loss "
                 "settled; increase max_iter or tol.",
@@ -433,10 +554,17 @@ class AnalysisOperatorLearner(
         shape, dtype = K0.shape, K0.dtype
 
         def fun(k):
-            K = k.reshape(shape).astype(dtype)
+            with np.errstate(over="ignore"):
+                K = k.reshape(shape).astype(dtype)
+            # scipy's line search takes an infinite value for convergence
+            # rather than backtracking, so a bad trial point ends the fit
+            # (keeping the best iterate) instead of passing silently.
+            if not _is_usable(K):
+                raise FloatingPointError(
+                    "the line search tried an operator that is not finite or "
+                    "whose norm is out of range"
+                )
             loss, grad = self._loss_grad(K, X, Y, alpha, pen)
-            if not np.isfinite(loss):  # lets the line search backtrack
-                return np.inf, np.zeros_like(k)
             return loss, grad.ravel().astype(np.float64)
 
         stop = []
@@ -465,22 +593,29 @@ class AnalysisOperatorLearner(
     def _fit_adam(self, K, X, Y, alpha, pen, rng, record):
         optimizer = Adam(K.shape, self.learning_rate_init)
         batch_size = min(self.batch_size, len(X))
+        warned = False
         for _ in range(self.max_iter):
             perm = rng.permutation(len(X))
             epoch_loss = 0.0
             for batch in gen_batches(len(X), batch_size):
                 idx = perm[batch]
                 loss, grad = self._loss_grad(K, X[idx], Y[idx], alpha, pen)
-                candidate = K + optimizer.step(grad).astype(K.dtype)
-                if not (
-                    np.isfinite(loss)
-                    and np.all(np.isfinite(candidate))
-                    and np.any(candidate)
-                ):
-                    raise FloatingPointError(
-                        "Adam produced a non-finite loss or operator; lower "
-                        "learning_rate_init."
-                    )
+                candidate = _add(K, optimizer.step(grad))
+                # A step that leaves K unusable is redone at half the learning
+                # rate.  The direction is finite (finite gradients), so the
+                # update shrinks to 0 and the loop ends at worst at the usable K.
+                while not _is_usable(candidate):
+                    candidate = _add(K, optimizer.retry(0.5))
+                    if not warned:
+                        warned = True
+                        warnings.warn(
+                            "an Adam step made the operator non-finite or its "
+                            "norm out of range; it was redone with half the "
+                            "learning rate. Lower learning_rate_init (now "
+                            f"{self.learning_rate_init:g}).",
+                            ConvergenceWarning,
+                            stacklevel=3,
+                        )
                 K = candidate
                 epoch_loss += loss * len(idx)
             self.n_iter_ += 1

@@ -23,12 +23,26 @@ class Adam:
         self.t += 1
         self.m = self.beta_1 * self.m + (1 - self.beta_1) * grad
         self.v = self.beta_2 * self.v + (1 - self.beta_2) * grad**2
+        return self._update()
+
+    def retry(self, factor=0.5):
+        """Scale the learning rate by ``factor``; return the last update redone.
+
+        The moments are kept (they hold gradients, which were fine), so a step
+        rejected for leaving the parameters unusable is redone shorter.
+        """
+        self.learning_rate *= factor
+        return self._update()
+
+    def _update(self):
         lr = (
             self.learning_rate
             * np.sqrt(1 - self.beta_2**self.t)
             / (1 - self.beta_1**self.t)
         )
-        return -lr * self.m / (np.sqrt(self.v) + self.epsilon)
+        # The direction is bounded for finite gradients; multiplying it last
+        # keeps a huge learning rate from overflowing lr * m first.
+        return -lr * (self.m / (np.sqrt(self.v) + self.epsilon))
 
 
 class BestTracker:

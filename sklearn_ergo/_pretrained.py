@@ -8,6 +8,7 @@ bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
 """
 
 import math
+import zipfile
 from importlib import resources
 
 import numpy as np
@@ -45,12 +46,21 @@ def load_denoiser(path):
         If the file is not such a model.
     """
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it is a single array, not an .npz archive")
+        with data:
             fields = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"Cannot read a model from {path!s}: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # np.load suggests allow_pickle=True for any file it cannot read: never.
+        pickled = "pickle" in str(exc)
+        reason = "not NumPy arrays (pickled data is never loaded)" if pickled else exc
+        raise ValueError(f"Cannot read a model from {path!s}: {reason}") from exc
     if "format" not in fields or str(fields["format"]) != FORMAT:
         raise ValueError(f"{path!s} is not an sklearn-ergo denoiser ({FORMAT}).")
+    missing = {"components", "noise_std", *_SETTINGS} - fields.keys()
+    if missing:
+        raise ValueError(f"{path!s} is a damaged model: no {sorted(missing)}.")
     K = np.asarray(fields["components"], dtype=np.float64)
     p = math.isqrt(K.shape[1]) if K.ndim == 2 else 0
     if p < 2 or p * p != K.shape[1] or not np.all(np.isfinite(K)):

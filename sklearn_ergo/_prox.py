@@ -9,6 +9,8 @@ sits on the boundary, so the backward pass reads the mask off the stored dual
 iterate ``y`` (``|y| < 1``) instead of storing a separate mask.
 """
 
+import numbers
+
 import numpy as np
 
 
@@ -46,8 +48,11 @@ class Huber:
     """
 
     def __init__(self, eps):
-        if not eps > 0:
-            raise ValueError(f"huber_eps must be > 0, got {eps!r}.")
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"huber_eps must be a real number, got {eps!r}.")
+        # eps = inf would turn the backward pass's eps * <w, y> into inf * 0.
+        if not (0 < eps < np.inf):
+            raise ValueError(f"huber_eps must be > 0 and finite, got {eps!r}.")
         self.eps = float(eps)
 
     def value(self, u):

@@ -98,11 +98,20 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     with _one_blas_thread():
         norm, norm_grad = op.norm_and_grad()
     if not np.isfinite(norm):
-        raise ValueError("The operator K contains non-finite values.")
+        raise ValueError(f"||K||_2 overflows: K must be finite, got norm {norm}.")
     if sigma is None and tau is None:
         if norm == 0.0:
             raise ValueError(
                 "The default step rule sigma = tau = c / ||K|| needs a non-zero K."
+            )
+        # The kernels multiply by sigma * tau: if that overflows the working
+        # dtype the iterates and gradients turn to nan.
+        step = STEP_FACTOR / norm
+        if not _product_is_finite(step, step, op.weights.dtype):
+            raise ValueError(
+                f"||K||_2 = {norm:.3g} is too small for the default step rule "
+                f"sigma = tau = c / ||K|| in {op.weights.dtype}: sigma * tau "
+                "overflows; use a non-zero K of a larger scale."
             )
         return (
             constant_steps(STEP_FACTOR / norm, STEP_FACTOR / norm, n_layers, power=1.0),
@@ -114,12 +123,20 @@ def step_schedule(op, n_layers, sigma=None, tau=None):
     for name, value in (("sigma", sigma), ("tau", tau)):
         if not (isinstance(value, numbers.Real) and value > 0 and np.isfinite(value)):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    if not _product_is_finite(sigma, tau, op.weights.dtype):
+        raise ValueError(f"sigma * tau overflows {op.weights.dtype}.")
     if sigma * tau * norm**2 >= 1.0:
         raise ValueError(
             f"Chambolle-Pock needs sigma * tau * ||K||^2 < 1; got "
             f"{sigma * tau * norm**2:.4g} with ||K||_2 = {norm:.4g}."
         )
     return constant_steps(float(sigma), float(tau), n_layers), norm, norm_grad
+
+
+def _product_is_finite(a, b, dtype):
+    """Whether ``a * b`` is finite in ``dtype``."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.dtype(dtype).type(np.float64(a) * b)))
 
 
 def _one_blas_thread():
@@ -189,6 +206,12 @@ def chunk_slices(
     budget=_CHUNK_BYTES,
 ):
     """Even slices of the samples: at least one per job, tape within ``budget``."""
+    if chunk_size is not None and not (
+        isinstance(chunk_size, numbers.Integral) and chunk_size >= 1
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive integer or None, got {chunk_size!r}."
+        )
     if chunk_size is None:
         per_sample = (n_layers + 1) * (n_features + n_components) * itemsize
         chunk_size = max(_MIN_CHUNK, budget // per_sample)
@@ -203,7 +226,11 @@ def _check_operator(K, n_features, dtype):
             f"K has {K.shape[1]} columns but X has {n_features} features; "
             "K must have shape (n_components, n_features)."
         )
-    return K.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        K = K.astype(dtype, copy=False)
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"K overflows {dtype}, the dtype of X_noisy.")
+    return K
 
 
 def _check_inputs(K, X_noisy, X_clean=None):
@@ -287,6 +314,22 @@ def unrolled_loss_grad(
     grad : ndarray of shape (n_components, n_features)
         Same dtype as the computation.
 
+    Notes
+    -----
+    This function works in the units of the data, unnormalised.  With
+    ``penalty="l1"`` the size of ``K`` is the regularisation weight, so it
+    must grow with the noise level; and with the default steps
+    ``c / ||K||`` the unrolled map changes with the scale of the data
+    (``loss(s K, s X~, s X) != s**2 loss(K, X~, X)``).  So divide
+    ``X_noisy`` and ``X_clean`` by one factor, e.g. the root mean square of
+    ``X_noisy`` as :class:`AnalysisOperatorLearner` does, learn ``K`` on
+    the result, and apply it to new data divided by the same factor.  With
+    explicit steps the map is homogeneous:
+    ``loss(s K, s X~, s X; sigma / s**2, tau) = s**2 loss(K, X~, X; sigma,
+    tau)`` and the gradient scales by ``s``.  The loss is a sum of squares
+    in the working dtype, so it overflows to ``inf`` for data near the
+    square root of the dtype's largest value.
+
     Examples
     --------
     >>> import numpy as np
@@ -347,7 +390,7 @@ def _loss_grad(
         _n_jobs(n_jobs),
         chunk_size,
     )
-    results = Parallel(n_jobs=n_jobs)(
+    results = _parallel(n_jobs)(
         delayed(_chunk_loss_grad)(
             K, X_noisy, X_clean, steps, pen, alpha, len(X_noisy), s, make_op
         )
@@ -418,7 +461,7 @@ def _denoise(
         chunk_size,
         budget=_DENOISE_BYTES,
     )
-    parts = Parallel(n_jobs=n_jobs)(
+    parts = _parallel(n_jobs)(
         delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s, make_op)
         for s in slices
     )
@@ -429,3 +472,25 @@ def _n_jobs(n_jobs):
     from joblib import effective_n_jobs
 
     return effective_n_jobs(n_jobs)
+
+
+def _parallel(n_jobs):
+    """``Parallel(n_jobs)``, holding one BLAS thread around several workers.
+
+    Each chunk runs with one BLAS thread (:func:`_single_blas_thread`), but
+    the BLAS pool is process-wide: workers that are threads of this process
+    (the threading backend, an in-process dask cluster) would set and restore
+    it concurrently, so the first to finish would give all cores back under
+    the others and the last would leave the caller's pool at one thread.
+    Holding the limit around all of them keeps one thread during the work and
+    restores the caller's setting after.
+    """
+    parallel = Parallel(n_jobs=n_jobs)
+    if _n_jobs(n_jobs) <= 1:
+        return parallel
+
+    def run(tasks):
+        with _one_blas_thread():
+            return parallel(tasks)
+
+    return run
