@@ -21,7 +21,7 @@ and the peak memory of one evaluation.
 Run ``python benchmarks/bench_gradient.py`` for the issue's target
 configurations, ``--quick`` for a smoke run (< 60 s), ``--full`` for the whole
 grid, or pick a subset: ``--N 4096 --L 50 --shape 64x64 --dtype float32``.
-PyTorch is optional (``pip install sklearn-ergo[bench]``); without it (or with
+PyTorch is optional (``pip install sklearn-ergo[pytorch]``); without it (or with
 ``--no-torch``) only the NumPy side and the GEMM reference are timed.
 """
 
@@ -247,7 +247,7 @@ def main(argv=None):
         try:
             import torch
         except ImportError:
-            print("PyTorch not installed (pip install sklearn-ergo[bench]): NumPy only")
+            print("PyTorch not installed (pip install sklearn-ergo[pytorch]): NumPy only")
     with threadpool_limits(args.threads):
         if torch is not None:
             torch.set_num_threads(args.threads)
