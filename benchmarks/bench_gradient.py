@@ -247,7 +247,9 @@ def main(argv=None):
         try:
             import torch
         except ImportError:
-            print("PyTorch not installed (pip install sklearn-ergo[pytorch]): NumPy only")
+            print(
+                "PyTorch not installed (pip install sklearn-ergo[pytorch]): NumPy only"
+            )
     with threadpool_limits(args.threads):
         if torch is not None:
             torch.set_num_threads(args.threads)
