@@ -14,8 +14,8 @@ import warnings
 
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise
-from sklearn_ergo._init import finite_difference_operator
+from sklearn_ergo import AnalysisOperatorLearner
+from sklearn_ergo._demo import tuned_tv_denoise
 from sklearn_ergo.datasets import make_noisy_patches, psnr
 
 
@@ -42,13 +42,7 @@ def main():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 est.fit(X, Y)
             elapsed = time.perf_counter() - start
-            tv = finite_difference_operator(64) * est.init_weight_
-            tv_out = (
-                unrolled_denoise(
-                    tv, X_test / est.scale_, n_layers=n_layers, unroll=unroll
-                )
-                * est.scale_
-            )
+            tv_out = tuned_tv_denoise(est, X_test)
             tv_db, ours = psnr(tv_out, Y_test), psnr(est.predict(X_test), Y_test)
             print(
                 f"{unroll:8s} {n_layers:4d} {tv_db:7.2f} {ours:10.2f} "

@@ -10,6 +10,19 @@ from ._init import finite_difference_operator
 from ._unrolled import unrolled_denoise
 
 
+def tuned_tv_denoise(est, X_noisy):
+    """Denoise with patch TV at the weight ``est.fit`` tuned (``init="tv"``).
+
+    This is the operator learning started from, with the same L and unroll
+    mode: the baseline a fitted ``AnalysisOperatorLearner`` must beat.
+    """
+    tv = finite_difference_operator(X_noisy.shape[1]) * est.init_weight_
+    X_tv = unrolled_denoise(
+        tv, X_noisy / est.scale_, n_layers=est.n_layers, unroll=est.unroll
+    )
+    return X_tv * est.scale_
+
+
 def run_demo(
     n_patches=20_000,
     n_layers=20,
@@ -44,9 +57,7 @@ def run_demo(
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, Y)
     elapsed = time.perf_counter() - start
-    # Patch TV with the weight fit() tuned: the operator learning started from.
-    tv = finite_difference_operator(X.shape[1]) * est.init_weight_
-    X_tv = unrolled_denoise(tv, X_test / est.scale_, n_layers=n_layers) * est.scale_
+    X_tv = tuned_tv_denoise(est, X_test)
     rows = [
         ("noisy input", psnr(X_test, Y_test)),
         ("patch TV, weight tuned on training pairs", psnr(X_tv, Y_test)),

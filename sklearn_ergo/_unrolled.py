@@ -11,6 +11,7 @@ import functools
 import numbers
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn.utils import check_array, gen_even_slices
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import ThreadpoolController
@@ -469,8 +470,6 @@ def _denoise(
 
 
 def _n_jobs(n_jobs):
-    from joblib import effective_n_jobs
-
     return effective_n_jobs(n_jobs)
 
 

@@ -48,15 +48,13 @@ def test_tv_initialisation_is_tuned_finite_differences(pairs):
 def test_generalises_on_natural_image_patches():
     """Default fit on 2e4 8x8 patches beats tuned patch TV on another image."""
     pytest.importorskip("PIL")
+    from sklearn_ergo._demo import tuned_tv_denoise
     from sklearn_ergo.datasets import make_noisy_patches, psnr
 
     X, Y = make_noisy_patches("china.jpg", 20_000, random_state=0)
     X_test, Y_test = make_noisy_patches("flower.jpg", 5_000, random_state=1)
     est = AnalysisOperatorLearner(random_state=0).fit(X, Y)
-    tv = finite_difference_operator(64) * est.init_weight_
-    tv_out = (
-        unrolled_denoise(tv, X_test / est.scale_, n_layers=est.n_layers) * est.scale_
-    )
+    tv_out = tuned_tv_denoise(est, X_test)
     gain = psnr(est.predict(X_test), Y_test) - psnr(tv_out, Y_test)
     assert gain >= 0.3, f"gain over tuned patch TV on unseen image: {gain:.2f} dB"
 
