@@ -109,7 +109,7 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
     return out, ((R, Y) if record else None)
 
 
-def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None):
+def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad=None):
     """Exact adjoint of :func:`forward` for an output gradient ``g``.
 
     With ``w^[l] = sigma_l delta_D^[l]``, for ``l = L, ..., 1``::
@@ -128,6 +128,12 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None):
     on_layer : callable, optional
         ``on_layer(l, delta_P, delta_D)`` is called for every layer (1-based)
         with views that are only valid during the call; used by diagnostics.
+    bound_grad : ndarray of shape (N, m), optional
+        For a penalty with per-coordinate box bounds ``b``
+        (:class:`~sklearn_ergo._prox.WeightedL1`): the gradient of the loss
+        with respect to ``b`` is added to it.  Where ``y^[l]`` sits on a face
+        of the box, ``y^[l] = sign(y^[l]) b``, so ``b`` receives the adjoint
+        of ``y^[l]``, ``delta_D^[l+1] - tau_l K delta_P^[l]``, times the sign.
 
     Returns
     -------
@@ -190,8 +196,14 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None):
         w = w_next2
         np.copyto(w, w_next)
         op.apply_acc(d_P, w, -tau * s, s / sigma_next)
-        np.abs(y, out=mask)
-        np.less(mask, 1.0, out=mask)
+        penalty.active(y, out=mask)
+        if bound_grad is not None:
+            # comb is free until the next layer: sign(y) * w / sigma off the mask.
+            np.sign(y, out=comb)
+            comb *= w
+            _axpy(comb, bound_grad, 1.0 / sigma)
+            comb *= mask
+            _axpy(comb, bound_grad, -1.0 / sigma)
         w *= mask
         if on_layer is not None:
             np.multiply(w, 1.0 / sigma, out=d_D)

@@ -124,6 +124,15 @@ def build_parser():
     tr.add_argument("--crop-size", type=_positive_int, default=64)
     tr.add_argument("--n-crops", type=_positive_int, default=16)
     tr.add_argument("--max-iter", type=_positive_int, default=40)
+    tr.add_argument(
+        "--penalty",
+        choices=("l1", "log"),
+        default="l1",
+        help="l1 (convex), or the log penalty minimised by reweighted l1 stages",
+    )
+    tr.add_argument(
+        "--n-stages", type=_positive_int, default=3, help="stages of --penalty log"
+    )
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
     return parser
@@ -163,6 +172,8 @@ def _train(args):
         crop_size=args.crop_size,
         n_crops=args.n_crops,
         max_iter=args.max_iter,
+        penalty=args.penalty,
+        n_stages=args.n_stages,
         n_jobs=args.n_jobs,
         random_state=args.random_state,
         verbose=1,

@@ -13,11 +13,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._convolution import ConvolutionalOperator
 from ._estimator import AnalysisOperatorLearner
 from ._optim import BestTracker
 from .image import (
     TAU0,
     convolutional_denoise,
+    convolutional_log_loss_grad,
     convolutional_loss_grad,
     initial_filters,
     pad_images,
@@ -116,8 +118,17 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     n_layers : int, default=30
         Unrolled iterations.
     unroll : {"last", "ergodic"}, default="last"
-    penalty : {"l1", "huber"}, default="l1"
+    penalty : {"l1", "huber", "log"}, default="l1"
+        ``F``: the l1 norm, its Huber smoothing, or (convolutional only) the
+        non-convex ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned
+        scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
+        stages of ``n_layers`` iterations each (see
+        :mod:`sklearn_ergo._reweighted`): it penalises large filter
+        responses (edges) less than small ones (noise).
     huber_eps : float, default=0.01
+    n_stages : int, default=3
+        Reweighted stages of ``penalty="log"`` (``n_stages`` times the cost of
+        the l1 model); ignored otherwise.
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training
         images (float units, images in ``[0, 1]``).  Ignored when ``fit``
@@ -160,6 +171,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     validation_psnr_ : list of float
         PSNR (dB) on a fixed held-out draw (other noise, other crops) after
         every draw; the best operator on it is kept (convolutional).
+    eps_ : ndarray of shape (n_filters,)
+        Learned scales of the log penalty (``penalty="log"``).
     init_weight_ : float
         Tuned weight of the initial operator (convolutional).
     n_iter_ : int
@@ -184,8 +197,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         "patch_size": [Interval(Integral, 2, None, closed="left"), None],
         "n_layers": [Interval(Integral, 1, None, closed="left")],
         "unroll": [StrOptions({"last", "ergodic"})],
-        "penalty": [StrOptions({"l1", "huber"})],
+        "penalty": [StrOptions({"l1", "huber", "log"})],
         "huber_eps": [Interval(Real, 0, None, closed="neither")],
+        "n_stages": [Interval(Integral, 1, None, closed="left")],
         "noise_std": [Interval(Real, 0, None, closed="neither")],
         "crop_size": [Interval(Integral, 4, None, closed="left")],
         "n_crops": [Interval(Integral, 1, None, closed="left")],
@@ -208,6 +222,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         unroll="last",
         penalty="l1",
         huber_eps=0.01,
+        n_stages=3,
         noise_std=25 / 255,
         crop_size=64,
         n_crops=16,
@@ -226,6 +241,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         self.unroll = unroll
         self.penalty = penalty
         self.huber_eps = huber_eps
+        self.n_stages = n_stages
         self.noise_std = noise_std
         self.crop_size = crop_size
         self.n_crops = n_crops
@@ -297,6 +313,11 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         -------
         self : ImageDenoiser
         """
+        if self.structure == "patch" and self.penalty == "log":
+            raise ValueError(
+                'penalty="log" needs structure="convolutional"; the patch model '
+                'takes "l1" or "huber".'
+            )
         p = self._patch_size()
         size = self.crop_size if self.structure == "convolutional" else p
         clean = self._validate_images(
@@ -323,17 +344,26 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         return self
 
     def _conv_kwargs(self):
-        return dict(
+        kw = dict(
             n_layers=self.n_layers,
             unroll=self.unroll,
-            penalty=self.penalty,
-            huber_eps=self.huber_eps,
             tau0=TAU0,
             n_jobs=self.n_jobs,
         )
+        if self.penalty == "log":
+            return dict(kw, n_stages=self.n_stages)
+        return dict(kw, penalty=self.penalty, huber_eps=self.huber_eps)
+
+    def _run(self, K, eps, images, pad=True):
+        """Denoise ``(n, H, W)`` images with filters ``K`` (and scales ``eps``)."""
+        kw = self._conv_kwargs()
+        if self.penalty == "log":
+            kw.update(penalty="log", eps=eps)
+        return convolutional_denoise(K, images, pad=pad, **kw)
 
     def _fit_convolutional(self, clean, noisy, p, rng):
         kw = self._conv_kwargs()
+        log = self.penalty == "log"
         n_filters = self.n_filters or 8
         # A fixed held-out draw (other crops, other noise) to monitor.
         X_val, Y_val = self._draw(clean, noisy, self.crop_size, self.n_crops, rng)
@@ -341,32 +371,57 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         def padded(X, Y):
             return pad_images(X, p), pad_images(Y, p)
 
-        def val_psnr(K):
-            out = convolutional_denoise(K, X_val, **kw)
+        def val_psnr(v):
+            out = self._run(*packing.unpack(v), X_val)
             return -10.0 * np.log10(np.mean((out - Y_val) ** 2))
 
         X, Y = padded(*self._draw(clean, noisy, self.crop_size, self.n_crops, rng))
         D = initial_filters(n_filters, p, rng)
+        # Filter responses on clean crops set the scale of eps: log(eps_k / (t
+        # rms_k)) is then of order 1 for every filter, however small.
+        rms = _response_rms(D, Y) if log else None
 
-        def loss_at(t):
-            out = convolutional_denoise(np.exp(t) * D, X, pad=False, **kw)
+        def initial(u):
+            # u = (log weight[, log eps factor]): the initial operator's tuning.
+            weight = np.exp(u[0])
+            return weight * D, (weight * np.exp(u[1]) * rms if log else None)
+
+        def loss_at(u):
+            out = self._run(*initial(u), X, pad=False)
             return 0.5 * float(np.sum((out - Y) ** 2)) / len(X)
 
         # The weight of TV is of the order of the noise level: tune the
-        # weight of the whole initial operator in 1-D.
+        # weight of the whole initial operator in 1-D (and, for the log
+        # penalty, the scale of eps in a 2-D simplex search from there).
         center = np.log(self.noise_std_)
-        t = minimize_scalar(
-            loss_at,
-            bounds=(center - 4.0, center + 2.0),
-            method="bounded",
-            options={"xatol": 1e-2},
-        ).x
-        self.init_weight_ = float(np.exp(t))
-        K = self.init_weight_ * D
+        u = [
+            minimize_scalar(
+                lambda t: loss_at([t, 0.0]),
+                bounds=(center - 4.0, center + 2.0),
+                method="bounded",
+                options={"xatol": 1e-2},
+            ).x,
+            0.0,
+        ]
+        if log:
+            u = minimize(
+                loss_at,
+                u,
+                method="Nelder-Mead",
+                options={
+                    "initial_simplex": [u, [u[0] + 0.5, u[1]], [u[0], u[1] + 1.0]],
+                    "xatol": 0.02,
+                    "fatol": 0.0,
+                    "maxfev": 40,
+                },
+            ).x
+        self.init_weight_ = float(np.exp(u[0]))
+        packing = _Packing(D.shape, self.init_weight_)
+        v = packing.pack(*initial(u))
         tracker = BestTracker(0.0, np.inf)
-        self.loss_curve_ = [loss_at(t)]
-        self.validation_psnr_ = [val_psnr(K)]
-        tracker.update(-self.validation_psnr_[0], K)
+        self.loss_curve_ = [loss_at(u)]
+        self.validation_psnr_ = [val_psnr(v)]
+        tracker.update(-self.validation_psnr_[0], v)
         self.n_iter_ = 0
         start = time.perf_counter()
         self._report(0, start)
@@ -378,16 +433,17 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                         *self._draw(clean, noisy, self.crop_size, self.n_crops, rng)
                     )
                 iters = min(self.redraw_every, self.max_iter - self.n_iter_)
-                K, loss, nit = _lbfgs(
-                    functools.partial(convolutional_loss_grad, noisy=X, clean=Y, **kw),
-                    K,
-                    iters,
-                    self.init_weight_,
+                loss_grad = functools.partial(
+                    convolutional_log_loss_grad if log else convolutional_loss_grad,
+                    noisy=X,
+                    clean=Y,
+                    **kw,
                 )
+                v, loss, nit = _lbfgs(packing.objective(loss_grad), v, iters)
                 self.n_iter_ += nit
                 self.loss_curve_.append(loss)
-                self.validation_psnr_.append(val_psnr(K))
-                tracker.update(-self.validation_psnr_[-1], K)
+                self.validation_psnr_.append(val_psnr(v))
+                tracker.update(-self.validation_psnr_[-1], v)
                 self._report(r + 1, start)
         except KeyboardInterrupt:
             warnings.warn(
@@ -395,7 +451,11 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=3,
             )
-        self.components_ = tracker.best_params
+        self.components_, eps = packing.unpack(tracker.best_params)
+        if log:
+            self.eps_ = eps
+        elif hasattr(self, "eps_"):  # from an earlier fit with the log penalty
+            del self.eps_
 
     def _report(self, r, start):
         if self.verbose:
@@ -437,9 +497,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _denoise_gray(self, images):
         """Denoise a stack ``(n, H, W)`` of gray images at the trained level."""
         if self.structure == "convolutional":
-            return convolutional_denoise(
-                self.components_, images, **self._conv_kwargs()
-            )
+            return self._run(self.components_, getattr(self, "eps_", None), images)
         return np.stack([_patch_denoise(self.patch_estimator_, im) for im in images])
 
     def denoise(self, image, sigma=None):
@@ -495,28 +553,66 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         return np.stack(out) if isinstance(X, np.ndarray) else out
 
 
-def _lbfgs(fun, K0, maxiter, scale):
-    """At most ``maxiter`` L-BFGS iterations from ``K0``; returns (K, loss, nit).
+def _response_rms(D, images):
+    """Root mean square response of every filter of ``D`` on ``(n, H, W)`` images."""
+    n, H, W = images.shape
+    op = ConvolutionalOperator(D, (H, W), int(round(np.sqrt(D.shape[1]))))
+    z = op.apply(images.reshape(n, H * W)).reshape(-1, len(D))
+    return np.sqrt(np.mean(z**2, axis=0))
 
-    L-BFGS-B's first trial step has unit length, so it runs on ``K / scale``
-    with ``scale`` the typical size of the entries of ``K``.
+
+class _Packing:
+    """The optimisation variable ``(K / scale, log eps)`` as one flat vector.
+
+    L-BFGS-B's first trial step has unit length, so ``K`` enters divided by
+    ``scale``, the typical size of its entries; ``eps > 0`` enters through
+    its logarithm (absent for the convex penalties).
     """
-    shape = K0.shape
 
-    def f(k):
-        loss, grad = fun(scale * k.reshape(shape))
-        if not np.isfinite(loss):  # lets the line search backtrack
-            return np.inf, np.zeros_like(k)
-        return loss, scale * grad.ravel()
+    def __init__(self, shape, scale):
+        self.shape, self.scale = shape, scale
+        self.size = math.prod(shape)
 
+    def pack(self, K, eps=None):
+        parts = [K.ravel() / self.scale]
+        if eps is not None:
+            parts.append(np.log(eps))
+        return np.concatenate(parts)
+
+    def unpack(self, v):
+        K = self.scale * v[: self.size].reshape(self.shape)
+        return K, (np.exp(v[self.size :]) if len(v) > self.size else None)
+
+    def objective(self, loss_grad):
+        """``v -> (loss, d loss / dv)`` from ``loss_grad(K[, eps])``."""
+
+        def f(v):
+            K, eps = self.unpack(v)
+            if eps is None:
+                loss, grad_K = loss_grad(K)
+                grad = [grad_K.ravel()]
+            else:
+                loss, grad_K, grad_eps = loss_grad(K, eps)
+                grad = [grad_K.ravel(), grad_eps * eps]
+            if not np.isfinite(loss):  # lets the line search backtrack
+                return np.inf, np.zeros_like(v)
+            return loss, np.concatenate(grad) * np.r_[
+                np.full(self.size, self.scale), np.ones(len(v) - self.size)
+            ]
+
+        return f
+
+
+def _lbfgs(fun, v0, maxiter):
+    """At most ``maxiter`` L-BFGS iterations of ``fun`` from ``v0``; (v, loss, nit)."""
     res = minimize(
-        f,
-        K0.ravel() / scale,
+        fun,
+        v0,
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": maxiter, "ftol": 0.0, "gtol": 0.0},
     )
-    return scale * res.x.reshape(shape), float(res.fun), int(res.nit)
+    return res.x, float(res.fun), int(res.nit)
 
 
 def _patch_denoise(est, image):

@@ -1,7 +1,8 @@
 """Saved convolutional denoisers and the pretrained ones shipped with the package.
 
 A model file is a plain ``.npz`` (read with ``allow_pickle=False``) holding
-the filters, the settings of the unrolled map and a format marker.  The
+the filters, the settings of the unrolled map (and the scales ``eps`` of a
+log-penalty model) and a format marker.  The
 shipped operators are trained by ``benchmarks/train_pretrained.py`` on the
 bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
 ``moon``, ``text``, ``brick``, ``grass``, ``gravel`` and ``page`` only.
@@ -21,7 +22,7 @@ FORMAT = "sklearn-ergo-convolutional-denoiser-1"
 #: shipped operators.
 PRETRAINED_LEVELS = (5, 10, 15, 25, 50)
 
-_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
+_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps", "n_stages")
 
 
 def save_denoiser(denoiser, path):
@@ -34,6 +35,7 @@ def save_denoiser(denoiser, path):
         components=denoiser.components_,
         noise_std=np.array(denoiser.noise_std_),
         **{key: np.array(getattr(denoiser, key)) for key in _SETTINGS},
+        **({"eps": denoiser.eps_} if denoiser.penalty == "log" else {}),
     )
 
 
@@ -66,6 +68,10 @@ def load_denoiser(path):
     if p < 2 or p * p != K.shape[1] or not np.all(np.isfinite(K)):
         raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
     settings = {key: fields[key].item() for key in _SETTINGS}
+    if settings["penalty"] == "log":
+        eps = np.asarray(fields.get("eps", []), dtype=np.float64)
+        if eps.shape != (K.shape[0],) or not np.all((eps > 0) & np.isfinite(eps)):
+            raise ValueError(f"{path!s} holds invalid log-penalty scales eps.")
     den = ImageDenoiser(
         n_filters=K.shape[0],
         patch_size=p,
@@ -73,6 +79,8 @@ def load_denoiser(path):
         **settings,
     )
     den.components_ = K
+    if settings["penalty"] == "log":
+        den.eps_ = eps
     den.noise_std_ = float(fields["noise_std"])
     return den
 

@@ -3,10 +3,11 @@
 The unrolled solver needs, for each function, the prox it applies and the
 (almost-everywhere) derivative of that prox, which the backward pass uses.
 ``F`` is only ever touched through its convex conjugate (the dual step of
-Chambolle-Pock), ``G`` through its own prox.  Both conjugate proxes below map
-into the box ``[-1, 1]``, and the derivative vanishes exactly where the output
-sits on the boundary, so the backward pass reads the mask off the stored dual
-iterate ``y`` (``|y| < 1``) instead of storing a separate mask.
+Chambolle-Pock), ``G`` through its own prox.  Every conjugate prox below maps
+into a box (``[-1, 1]``, or ``[-b_j, b_j]`` per coordinate for a weighted
+l1 norm), and the derivative vanishes exactly where the output sits on the
+boundary, so the backward pass reads the mask off the stored dual iterate
+``y`` (:meth:`active`) instead of storing a separate mask.
 """
 
 import numbers
@@ -37,6 +38,42 @@ class L1Norm:
     def prox_conjugate_slope(self, sigma):
         """Derivative of ``prox_{sigma F*}`` where ``|y| < 1`` (zero elsewhere)."""
         return 1.0
+
+    def active(self, y, out):
+        """``out <- (|y| < 1)``: where ``prox_{sigma F*}`` had a non-zero slope."""
+        np.abs(y, out=out)
+        return np.less(out, 1.0, out=out)
+
+
+class WeightedL1:
+    """``F(u) = sum_j b_j |u_j|`` with per-coordinate weights ``b_j > 0``.
+
+    Its conjugate is the indicator of the box ``|y_j| <= b_j``.  ``bounds``
+    has the shape of the dual iterate (one row per sample); it is what a
+    majorize-minimize stage of a non-convex penalty solves
+    (:mod:`sklearn_ergo._reweighted`).
+    """
+
+    eps = 0.0
+
+    def __init__(self, bounds):
+        self.bounds = bounds
+
+    def value(self, u):
+        return float(np.sum(self.bounds * np.abs(u)))
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``prox_{sigma F*}(z) = clip(z, -b, b)``, in place when ``out is z``."""
+        return np.clip(z, -self.bounds, self.bounds, out=out)
+
+    def prox_conjugate_slope(self, sigma):
+        """Derivative of ``prox_{sigma F*}`` where ``|y| < b`` (zero elsewhere)."""
+        return 1.0
+
+    def active(self, y, out):
+        """``out <- (|y| < b)``."""
+        np.abs(y, out=out)
+        return np.less(out, self.bounds, out=out)
 
 
 class Huber:
@@ -74,6 +111,8 @@ class Huber:
     def prox_conjugate_slope(self, sigma):
         """Derivative of ``prox_{sigma F*}`` where ``|y| < 1`` (zero elsewhere)."""
         return 1.0 / (1.0 + sigma * self.eps)
+
+    active = L1Norm.active
 
 
 class SquaredL2:

@@ -399,13 +399,21 @@ def _loss_grad(
     )
     loss = sum(r[0] for r in results)
     grad = sum(r[1] for r in results)
+    sigma_sens = sum(r[2] for r in results)
+    tau_sens = sum(r[3] for r in results)
+    add_step_rule_grad(grad, steps, norm, norm_grad, sigma_sens, tau_sens)
+    return loss, grad
+
+
+def add_step_rule_grad(grad, steps, norm, norm_grad, sigma_sens, tau_sens):
+    """Add to ``grad`` the share of ``K`` that reaches the loss through the steps.
+
+    ``sigma_l ∝ ||K||^-a`` and ``tau_l ∝ ||K||^-b`` (the powers of
+    ``steps``), so ``d loss / d||K|| = -(a sigma_sens + b tau_sens) / ||K||``.
+    """
     if steps.sigma_power or steps.tau_power:
-        # d loss / d||K|| for sigma_l ∝ ||K||^-a, tau_l ∝ ||K||^-b.
-        sigma_sens = sum(r[2] for r in results)
-        tau_sens = sum(r[3] for r in results)
         dnorm = -(steps.sigma_power * sigma_sens + steps.tau_power * tau_sens) / norm
         grad += (dnorm * norm_grad).astype(grad.dtype)
-    return loss, grad
 
 
 def unrolled_denoise(

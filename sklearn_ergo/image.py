@@ -46,6 +46,7 @@ import numpy as np
 from ._chambolle_pock import StepSchedule
 from ._convolution import ConvolutionalOperator
 from ._prox import make_penalty
+from ._reweighted import reweighted_denoise, reweighted_loss_grad
 from ._unrolled import STEP_FACTOR, _denoise, _loss_grad, output_weights
 
 #: Default initial primal step ``tau_0`` of the accelerated schedule.
@@ -122,10 +123,6 @@ def pad_images(images, patch_size):
     return np.pad(images, ((0, 0), (w, w), (w, w)), mode="symmetric")
 
 
-def _model(n_layers, unroll, penalty, huber_eps):
-    return output_weights(n_layers, unroll), make_penalty(penalty, huber_eps)
-
-
 def _factory(shape, patch_size):
     return functools.partial(
         ConvolutionalOperator, image_shape=shape, patch_size=patch_size
@@ -167,7 +164,8 @@ def convolutional_loss_grad(
     p = int(round(np.sqrt(K.shape[1])))
     N, H, W = noisy.shape
     make_op = _factory((H, W), p)
-    alpha, pen = _model(n_layers, unroll, penalty, huber_eps)
+    alpha = output_weights(n_layers, unroll)
+    pen = make_penalty(penalty, huber_eps)
     norm, norm_grad = make_op(K).norm_and_grad()
     steps = accelerated_steps(norm, n_layers, tau0)
     return _loss_grad(
@@ -184,6 +182,75 @@ def convolutional_loss_grad(
     )
 
 
+def convolutional_log_loss_grad(
+    K,
+    eps,
+    noisy,
+    clean,
+    *,
+    n_layers,
+    n_stages=3,
+    unroll="last",
+    tau0=TAU0,
+    n_jobs=None,
+):
+    """Loss and exact gradients of the reweighted (log-penalty) convolutional model.
+
+    The lower level is ``min_x sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k) +
+    ||x - x~||^2 / 2``, approximated by ``n_stages`` reweighted l1 stages of
+    ``n_layers`` accelerated iterations each (:mod:`._reweighted`).
+
+    Parameters
+    ----------
+    K : ndarray of shape (n_filters, p * p)
+    eps : ndarray of shape (n_filters,)
+        Positive scale of the log penalty of each filter.
+    noisy, clean : ndarray of shape (n_images, H, W)
+        As in :func:`convolutional_loss_grad`.
+    n_layers : int
+        Iterations per stage.
+    n_stages : int, default=3
+        Reweighted stages (1: the l1 model).
+    unroll : {"last", "ergodic"}, default="last"
+        Output of each stage.
+    tau0 : float
+    n_jobs : int, default=None
+
+    Returns
+    -------
+    loss : float
+    grad_K : ndarray of shape K.shape
+    grad_eps : ndarray of shape eps.shape
+    """
+    p = int(round(np.sqrt(K.shape[1])))
+    N, H, W = noisy.shape
+    make_op = _factory((H, W), p)
+    norm, norm_grad = make_op(K).norm_and_grad()
+    return reweighted_loss_grad(
+        K,
+        _check_eps(eps, K),
+        noisy.reshape(N, H * W),
+        clean.reshape(N, H * W),
+        accelerated_steps(norm, n_layers, tau0),
+        norm,
+        norm_grad,
+        output_weights(n_layers, unroll),
+        n_stages,
+        n_jobs,
+        make_op,
+    )
+
+
+def _check_eps(eps, K):
+    eps = np.asarray(eps, dtype=np.float64)
+    if eps.shape != (K.shape[0],) or not np.all((eps > 0) & np.isfinite(eps)):
+        raise ValueError(
+            f"eps must hold {K.shape[0]} positive finite numbers (one per filter), "
+            f"got {eps!r}."
+        )
+    return eps
+
+
 def convolutional_denoise(
     K,
     noisy,
@@ -192,6 +259,8 @@ def convolutional_denoise(
     unroll="last",
     penalty="l1",
     huber_eps=0.01,
+    eps=None,
+    n_stages=3,
     tau0=TAU0,
     pad=True,
     n_jobs=None,
@@ -199,16 +268,24 @@ def convolutional_denoise(
     """Denoise ``(n_images, H, W)`` images with the convolutional model ``K``.
 
     With ``pad=True`` the images are padded symmetrically by ``p - 1`` pixels
-    first and cropped back afterwards.
+    first and cropped back afterwards.  ``penalty="log"`` runs the reweighted
+    model of :func:`convolutional_log_loss_grad` with scales ``eps`` and
+    ``n_stages`` stages.
     """
     p = int(round(np.sqrt(K.shape[1])))
     w = p - 1 if pad else 0
     images = pad_images(noisy, p) if pad else noisy
     N, H, W = images.shape
     make_op = _factory((H, W), p)
-    alpha, pen = _model(n_layers, unroll, penalty, huber_eps)
     steps = accelerated_steps(make_op(K).norm_and_grad()[0], n_layers, tau0)
-    out = _denoise(
-        K, images.reshape(N, H * W), steps, pen, alpha, n_jobs, make_op=make_op
-    ).reshape(N, H, W)
+    flat = images.reshape(N, H * W)
+    alpha = output_weights(n_layers, unroll)
+    if penalty == "log":
+        out = reweighted_denoise(
+            K, _check_eps(eps, K), flat, steps, alpha, n_stages, n_jobs, make_op
+        )
+    else:
+        pen = make_penalty(penalty, huber_eps)
+        out = _denoise(K, flat, steps, pen, alpha, n_jobs, make_op=make_op)
+    out = out.reshape(N, H, W)
     return out[:, w : H - w, w : W - w]

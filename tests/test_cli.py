@@ -43,13 +43,15 @@ def test_denoise_gray_and_rgb(noisy_png, tmp_path):
     assert read(out_rgb).shape == clean.shape + (3,)
 
 
-def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys):
+@pytest.mark.parametrize("penalty", ["l1", "log"])
+def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     clean_path = tmp_path / "clean.png"
     Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)
     model = tmp_path / "model.npz"
     argv = ["train", str(clean_path), "--sigma", "25", "-o", str(model)]
     argv += ["--n-filters", "3", "--patch-size", "3", "--n-layers", "4"]
     argv += ["--crop-size", "16", "--n-crops", "2", "--max-iter", "1"]
+    argv += ["--penalty", penalty, "--n-stages", "2"]
     assert main(argv) == 0
     assert "validation PSNR" in capsys.readouterr().out
     out = tmp_path / "out.png"

@@ -430,13 +430,19 @@ def test_in_process_workers_share_the_cores(monkeypatch, backend):
 # -- 4b. the image denoiser's model files (CLI, pretrained) ---------------------
 
 
-@pytest.fixture(scope="module")
-def image_denoiser():
+@pytest.fixture(scope="module", params=["l1", "log"])
+def image_denoiser(request):
     from sklearn_ergo import ImageDenoiser
 
     image = np.kron(np.random.default_rng(0).uniform(size=(4, 4)), np.ones((8, 8)))
     return ImageDenoiser(
-        n_layers=4, crop_size=16, n_crops=2, max_iter=2, noise_std=0.1, random_state=0
+        n_layers=4,
+        crop_size=16,
+        n_crops=2,
+        max_iter=2,
+        noise_std=0.1,
+        penalty=request.param,
+        random_state=0,
     ).fit([image])
 
 
@@ -471,7 +477,14 @@ def test_image_model_file_refuses_foreign_files(image_denoiser, tmp_path):
     save_denoiser(image_denoiser, tmp_path / "good.npz")
     good = (tmp_path / "good.npz").read_bytes()
     (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
+    if image_denoiser.penalty == "log":
+        fields = dict(np.load(tmp_path / "good.npz"))
+        np.savez(
+            tmp_path / "no_eps.npz", **{k: fields[k] for k in fields if k != "eps"}
+        )
+        np.savez(tmp_path / "bad_eps.npz", **dict(fields, eps=-fields["eps"]))
     for name in (
+        *(("no_eps.npz", "bad_eps.npz") if image_denoiser.penalty == "log" else ()),
         "exploit.npz",
         "text.npz",
         "array.npy",
