@@ -126,6 +126,9 @@ def main(argv=None):
     parser.add_argument(
         "--methods", nargs="+", help="run only these methods (names as in the table)"
     )
+    parser.add_argument(
+        "--per-image", action="store_true", help="also print PSNR per image"
+    )
     args = parser.parse_args(argv)
     from skimage.metrics import structural_similarity
     from train_pretrained import training_images
@@ -139,7 +142,7 @@ def main(argv=None):
         training = [x[:96, :96] for x in training[:3]]
     weights = np.geomspace(0.02, 0.4, 7 if args.quick else 15)
 
-    rows = {}
+    rows, per_image = {}, {}
     for level in sigmas:
         sigma = level / 255.0
         tv_weight = tune_tv_weight(sigma, training, weights)
@@ -176,6 +179,7 @@ def main(argv=None):
                 ssim = structural_similarity(np.clip(out, 0, 1), x, data_range=1.0)
                 scores.append((psnr(out, x), ssim, elapsed))
             rows.setdefault(method, {})[level] = np.mean(scores, axis=0)
+            per_image.setdefault(level, {})[method] = [s[0] for s in scores]
             print(
                 f"  {method:10s} PSNR {rows[method][level][0]:.2f} dB, SSIM "
                 f"{rows[method][level][1]:.3f}, {rows[method][level][2]:.2f} s/image",
@@ -196,6 +200,13 @@ def main(argv=None):
             for s in sigmas
         ]
         print(f"| {method} | " + " | ".join(cells) + " |")
+    if args.per_image:
+        for level, by_method in per_image.items():
+            print(f"\nPSNR (dB) per image, σ = {level}:\n")
+            print("| method | " + " | ".join(images) + " |")
+            print("|---" * (len(images) + 1) + "|")
+            for method, values in by_method.items():
+                print(f"| {method} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     return 0
 
 

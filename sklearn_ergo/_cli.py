@@ -127,11 +127,12 @@ def build_parser():
     tr.add_argument(
         "--penalty",
         choices=("l1", "log"),
-        default="l1",
-        help="l1 (convex), or the log penalty minimised by reweighted l1 stages",
+        default="log",
+        help="l1 (convex), or the log penalty (reweighted l1 stages, trained "
+        "after and from the l1 model: twice --max-iter iterations in all)",
     )
     tr.add_argument(
-        "--n-stages", type=_positive_int, default=3, help="stages of --penalty log"
+        "--n-stages", type=_positive_int, default=2, help="stages of --penalty log"
     )
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
@@ -164,7 +165,7 @@ def _train(args):
     from ._pretrained import save_denoiser
 
     images = [read_image(path) for path in args.images]
-    den = ImageDenoiser(
+    common = dict(
         n_filters=args.n_filters,
         patch_size=args.patch_size,
         n_layers=args.n_layers,
@@ -172,14 +173,19 @@ def _train(args):
         crop_size=args.crop_size,
         n_crops=args.n_crops,
         max_iter=args.max_iter,
-        penalty=args.penalty,
-        n_stages=args.n_stages,
         n_jobs=args.n_jobs,
         random_state=args.random_state,
         verbose=1,
     )
+    phases = [dict(penalty="l1")]
+    if args.penalty == "log":
+        phases.append(dict(penalty="log", n_stages=args.n_stages))
     try:
-        den.fit(images)
+        init = "tv"
+        for phase in phases:
+            print(f"training the {phase['penalty']} model", flush=True)
+            den = ImageDenoiser(init=init, **common, **phase).fit(images)
+            init = den.components_
         save_denoiser(den, args.output)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc

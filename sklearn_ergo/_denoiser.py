@@ -9,7 +9,7 @@ from numbers import Integral, Real
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -124,9 +124,17 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
         stages of ``n_layers`` iterations each (see
         :mod:`sklearn_ergo._reweighted`): it penalises large filter
-        responses (edges) less than small ones (noise).
+        responses (edges) less than small ones (noise).  Learning it is
+        faster from the filters of a trained l1 model (``init``) than from
+        TV, which is how the shipped operators are trained
+        (``benchmarks/train_pretrained.py``).
     huber_eps : float, default=0.01
-    n_stages : int, default=3
+    init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"
+        Initial filters (convolutional): anisotropic TV plus small zero-mean
+        filters, or given filters, e.g. the ``components_`` of a model with
+        another penalty; their common weight (and, for ``penalty="log"``,
+        the scale of ``eps``) is tuned before learning.
+    n_stages : int, default=2
         Reweighted stages of ``penalty="log"`` (``n_stages`` times the cost of
         the l1 model); ignored otherwise.
     noise_std : float, default=25/255
@@ -199,6 +207,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         "unroll": [StrOptions({"last", "ergodic"})],
         "penalty": [StrOptions({"l1", "huber", "log"})],
         "huber_eps": [Interval(Real, 0, None, closed="neither")],
+        "init": [StrOptions({"tv"}), "array-like"],
         "n_stages": [Interval(Integral, 1, None, closed="left")],
         "noise_std": [Interval(Real, 0, None, closed="neither")],
         "crop_size": [Interval(Integral, 4, None, closed="left")],
@@ -222,7 +231,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         unroll="last",
         penalty="l1",
         huber_eps=0.01,
-        n_stages=3,
+        init="tv",
+        n_stages=2,
         noise_std=25 / 255,
         crop_size=64,
         n_crops=16,
@@ -241,6 +251,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         self.unroll = unroll
         self.penalty = penalty
         self.huber_eps = huber_eps
+        self.init = init
         self.n_stages = n_stages
         self.noise_std = noise_std
         self.crop_size = crop_size
@@ -257,7 +268,28 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _patch_size(self):
         if self.patch_size is not None:
             return self.patch_size
+        if self._given_init() is not None:
+            return max(math.isqrt(self._given_init().shape[1]), 1)
         return 5 if self.structure == "convolutional" else 8
+
+    def _given_init(self):
+        if isinstance(self.init, str):
+            return None
+        return check_array(self.init, input_name="init")
+
+    def _initial_filters(self, p, rng):
+        """The filters learning starts from, and the centre of their weight's search."""
+        D = self._given_init()
+        if D is None:
+            # The weight of TV is of the order of the noise level.
+            return initial_filters(self.n_filters or 8, p, rng), np.log(self.noise_std_)
+        n = self.n_filters or D.shape[0]
+        if D.shape != (n, p * p) or not np.all(np.isfinite(D)) or not D.any():
+            raise ValueError(
+                f"init must be finite, non-zero filters of shape ({n}, {p * p}) "
+                f"(n_filters, patch_size ** 2), got shape {D.shape}."
+            )
+        return D.astype(np.float64), 0.0
 
     def _validate_images(self, images, name, min_size):
         if isinstance(images, np.ndarray) and (
@@ -318,6 +350,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 'penalty="log" needs structure="convolutional"; the patch model '
                 'takes "l1" or "huber".'
             )
+        if self.structure == "patch" and self._given_init() is not None:
+            raise ValueError('init filters need structure="convolutional".')
         p = self._patch_size()
         size = self.crop_size if self.structure == "convolutional" else p
         clean = self._validate_images(
@@ -355,7 +389,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         return dict(kw, penalty=self.penalty, huber_eps=self.huber_eps)
 
     def _run(self, K, eps, images, pad=True):
-        """Denoise ``(n, H, W)`` images with filters ``K`` (and scales ``eps``)."""
+        """Denoise ``(n, H, W)`` images with the model ``(K, eps)``."""
         kw = self._conv_kwargs()
         if self.penalty == "log":
             kw.update(penalty="log", eps=eps)
@@ -364,7 +398,6 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _fit_convolutional(self, clean, noisy, p, rng):
         kw = self._conv_kwargs()
         log = self.penalty == "log"
-        n_filters = self.n_filters or 8
         # A fixed held-out draw (other crops, other noise) to monitor.
         X_val, Y_val = self._draw(clean, noisy, self.crop_size, self.n_crops, rng)
 
@@ -376,13 +409,13 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             return -10.0 * np.log10(np.mean((out - Y_val) ** 2))
 
         X, Y = padded(*self._draw(clean, noisy, self.crop_size, self.n_crops, rng))
-        D = initial_filters(n_filters, p, rng)
+        D, center = self._initial_filters(p, rng)
         # Filter responses on clean crops set the scale of eps: log(eps_k / (t
         # rms_k)) is then of order 1 for every filter, however small.
         rms = _response_rms(D, Y) if log else None
 
         def initial(u):
-            # u = (log weight[, log eps factor]): the initial operator's tuning.
+            # u = (log weight[, log eps factor]): the initial model's tuning.
             weight = np.exp(u[0])
             return weight * D, (weight * np.exp(u[1]) * rms if log else None)
 
@@ -390,10 +423,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             out = self._run(*initial(u), X, pad=False)
             return 0.5 * float(np.sum((out - Y) ** 2)) / len(X)
 
-        # The weight of TV is of the order of the noise level: tune the
-        # weight of the whole initial operator in 1-D (and, for the log
-        # penalty, the scale of eps in a 2-D simplex search from there).
-        center = np.log(self.noise_std_)
+        # Tune the weight of the whole initial operator in 1-D (and, for the
+        # log penalty, the scale of eps in a 2-D simplex search from there).
         u = [
             minimize_scalar(
                 lambda t: loss_at([t, 0.0]),
@@ -416,7 +447,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 },
             ).x
         self.init_weight_ = float(np.exp(u[0]))
-        packing = _Packing(D.shape, self.init_weight_)
+        packing = _Packing(D.shape, self.init_weight_, log)
         v = packing.pack(*initial(u))
         tracker = BestTracker(0.0, np.inf)
         self.loss_curve_ = [loss_at(u)]
@@ -511,9 +542,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             Noise standard deviation in the image's units (e.g. 25 for uint8,
             25/255 for float); ``None``: the level the model was trained for.
             Other levels are handled by rescaling the image so that its noise
-            has the trained level, denoising, and scaling back (exact for the
-            converged variational model, where it scales the weight of ``K``
-            linearly with ``sigma``).
+            has the trained level, denoising, and scaling back (for the
+            converged l1 model this is exactly scaling the weight of ``K``
+            linearly with ``sigma``; for the log penalty ``eps`` scales too).
 
         Returns
         -------
@@ -562,26 +593,26 @@ def _response_rms(D, images):
 
 
 class _Packing:
-    """The optimisation variable ``(K / scale, log eps)`` as one flat vector.
+    """The model ``(K, eps)`` as one flat vector for L-BFGS.
 
     L-BFGS-B's first trial step has unit length, so ``K`` enters divided by
-    ``scale``, the typical size of its entries; ``eps > 0`` enters through
-    its logarithm (absent for the convex penalties).
+    ``scale``, the typical size of its entries; the log penalty's ``eps > 0``
+    enters through its logarithm (the convex penalties have ``eps = None``).
     """
 
-    def __init__(self, shape, scale):
-        self.shape, self.scale = shape, scale
+    def __init__(self, shape, scale, log):
+        self.shape, self.scale, self.log = shape, scale, log
         self.size = math.prod(shape)
 
     def pack(self, K, eps=None):
         parts = [K.ravel() / self.scale]
-        if eps is not None:
+        if self.log:
             parts.append(np.log(eps))
         return np.concatenate(parts)
 
     def unpack(self, v):
         K = self.scale * v[: self.size].reshape(self.shape)
-        return K, (np.exp(v[self.size :]) if len(v) > self.size else None)
+        return K, (np.exp(v[self.size :]) if self.log else None)
 
     def objective(self, loss_grad):
         """``v -> (loss, d loss / dv)`` from ``loss_grad(K[, eps])``."""
@@ -590,15 +621,13 @@ class _Packing:
             K, eps = self.unpack(v)
             if eps is None:
                 loss, grad_K = loss_grad(K)
-                grad = [grad_K.ravel()]
+                grad = [self.scale * grad_K.ravel()]
             else:
                 loss, grad_K, grad_eps = loss_grad(K, eps)
-                grad = [grad_K.ravel(), grad_eps * eps]
+                grad = [self.scale * grad_K.ravel(), grad_eps * eps]
             if not np.isfinite(loss):  # lets the line search backtrack
                 return np.inf, np.zeros_like(v)
-            return loss, np.concatenate(grad) * np.r_[
-                np.full(self.size, self.scale), np.ones(len(v) - self.size)
-            ]
+            return loss, np.concatenate(grad)
 
         return f
 

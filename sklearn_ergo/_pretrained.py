@@ -22,7 +22,9 @@ FORMAT = "sklearn-ergo-convolutional-denoiser-1"
 #: shipped operators.
 PRETRAINED_LEVELS = (5, 10, 15, 25, 50)
 
-_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps", "n_stages")
+_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
+# Settings of the log penalty only: required when penalty == "log".
+_LOG_SETTINGS = ("n_stages", "eps")
 
 
 def save_denoiser(denoiser, path):
@@ -35,7 +37,11 @@ def save_denoiser(denoiser, path):
         components=denoiser.components_,
         noise_std=np.array(denoiser.noise_std_),
         **{key: np.array(getattr(denoiser, key)) for key in _SETTINGS},
-        **({"eps": denoiser.eps_} if denoiser.penalty == "log" else {}),
+        **(
+            {"n_stages": np.array(denoiser.n_stages), "eps": denoiser.eps_}
+            if denoiser.penalty == "log"
+            else {}
+        ),
     )
 
 
@@ -60,7 +66,10 @@ def load_denoiser(path):
         raise ValueError(f"Cannot read a model from {path!s}: {reason}") from exc
     if "format" not in fields or str(fields["format"]) != FORMAT:
         raise ValueError(f"{path!s} is not an sklearn-ergo denoiser ({FORMAT}).")
-    missing = {"components", "noise_std", *_SETTINGS} - fields.keys()
+    required = {"components", "noise_std", *_SETTINGS}
+    if "penalty" in fields and str(fields["penalty"]) == "log":
+        required.update(_LOG_SETTINGS)
+    missing = required - fields.keys()
     if missing:
         raise ValueError(f"{path!s} is a damaged model: no {sorted(missing)}.")
     K = np.asarray(fields["components"], dtype=np.float64)
@@ -69,9 +78,14 @@ def load_denoiser(path):
         raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
     settings = {key: fields[key].item() for key in _SETTINGS}
     if settings["penalty"] == "log":
-        eps = np.asarray(fields.get("eps", []), dtype=np.float64)
-        if eps.shape != (K.shape[0],) or not np.all((eps > 0) & np.isfinite(eps)):
-            raise ValueError(f"{path!s} holds invalid log-penalty scales eps.")
+        settings["n_stages"] = int(fields["n_stages"])
+        eps = np.asarray(fields["eps"], dtype=np.float64)
+        if (
+            settings["n_stages"] < 1
+            or eps.shape != (K.shape[0],)
+            or not np.all((eps > 0) & np.isfinite(eps))
+        ):
+            raise ValueError(f"{path!s} holds an invalid log penalty (eps, n_stages).")
     den = ImageDenoiser(
         n_filters=K.shape[0],
         patch_size=p,

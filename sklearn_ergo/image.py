@@ -189,7 +189,7 @@ def convolutional_log_loss_grad(
     clean,
     *,
     n_layers,
-    n_stages=3,
+    n_stages=2,
     unroll="last",
     tau0=TAU0,
     n_jobs=None,
@@ -209,7 +209,7 @@ def convolutional_log_loss_grad(
         As in :func:`convolutional_loss_grad`.
     n_layers : int
         Iterations per stage.
-    n_stages : int, default=3
+    n_stages : int, default=2
         Reweighted stages (1: the l1 model).
     unroll : {"last", "ergodic"}, default="last"
         Output of each stage.
@@ -260,7 +260,7 @@ def convolutional_denoise(
     penalty="l1",
     huber_eps=0.01,
     eps=None,
-    n_stages=3,
+    n_stages=2,
     tau0=TAU0,
     pad=True,
     n_jobs=None,

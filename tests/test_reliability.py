@@ -483,8 +483,13 @@ def test_image_model_file_refuses_foreign_files(image_denoiser, tmp_path):
             tmp_path / "no_eps.npz", **{k: fields[k] for k in fields if k != "eps"}
         )
         np.savez(tmp_path / "bad_eps.npz", **dict(fields, eps=-fields["eps"]))
+        np.savez(tmp_path / "bad_stages.npz", **dict(fields, n_stages=0))
     for name in (
-        *(("no_eps.npz", "bad_eps.npz") if image_denoiser.penalty == "log" else ()),
+        *(
+            ("no_eps.npz", "bad_eps.npz", "bad_stages.npz")
+            if image_denoiser.penalty == "log"
+            else ()
+        ),
         "exploit.npz",
         "text.npz",
         "array.npy",
