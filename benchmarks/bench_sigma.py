@@ -4,10 +4,12 @@
 level ``s`` of a shipped operator, denoises and scales back.  For noise
 levels between the shipped ones this script reports the mean PSNR on held-out
 images (those of ``benchmarks/denoise_table.py``, 256x256 centre crops)
-when the lower and the upper neighbouring operator is used.  Measured: the
-upper neighbour is better at every level tried, so ``denoise_image`` uses it.
+when the lower and the upper neighbouring operator is used.  Measured (see
+benchmarks/DENOISE_RESULTS.md): the upper neighbour is better up to 25, and
+between 25 and 50 the log-penalty model of 25 beats the l1 model of 50,
+which is the rule of ``denoise_image``.
 
-    python benchmarks/bench_sigma.py [--quick]
+    python benchmarks/bench_sigma.py [--quick] [--levels 30 40 45]
 """
 
 import argparse
@@ -21,9 +23,10 @@ from sklearn_ergo._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--levels", type=float, nargs="+", default=(7, 12, 20, 35))
     args = parser.parse_args(argv)
     images = list(held_out_images(128 if args.quick else 256).values())
-    levels = (20,) if args.quick else (7, 12, 20, 35)
+    levels = (20,) if args.quick else args.levels
     models = {s: pretrained_denoiser(s) for s in PRETRAINED_LEVELS}
     print("| sigma | lower level | upper level |\n|---|---|---|")
     for level in levels:

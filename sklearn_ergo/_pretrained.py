@@ -120,13 +120,18 @@ def denoise_image(image, sigma):
         uint8, or float in ``[0, 1]``.
     sigma : float
         Standard deviation of the Gaussian noise in the units of the image's
-        values: 25 for a uint8 image is 25/255 for a float one.  The
-        operator of the smallest shipped level ``s >= sigma`` (the largest,
-        50, above it) runs on the image rescaled by ``s / sigma``, so that its
-        noise has exactly the level ``s``, and the result is scaled back.
-        Between shipped levels the upper neighbour beats the lower one by
-        0.08-0.24 dB (``python benchmarks/bench_sigma.py``); below 5 and
-        above 50 the rule is not measured.
+        values: 25 for a uint8 image is 25/255 for a float one.  The model
+        of a shipped level ``s`` runs on the image rescaled by ``s / sigma``,
+        so that its noise has exactly the level ``s``, and the result is
+        scaled back.  ``s`` is ``sigma`` if it is a shipped level, else the
+        next level up (the largest, 50, above it), unless that model has the
+        convex l1 penalty and the level below has the log penalty: then the
+        level below.
+        Measured on held-out images (``python benchmarks/bench_sigma.py``):
+        between 5 and 25 the upper neighbour is 0.01-0.16 dB better than
+        the lower one; between 25 and 50 the log-penalty model of 25 is
+        0.22-0.31 dB better than the l1 model of 50.  Below 5 and above 50
+        the rule is not measured.
 
     Returns
     -------
@@ -150,5 +155,12 @@ def denoise_image(image, sigma):
             f"sigma must be positive and at most the image range, got {sigma!r}."
         )
     upper = min((s for s in PRETRAINED_LEVELS if s >= level), default=None)
-    chosen = PRETRAINED_LEVELS[-1] if upper is None else upper
-    return pretrained_denoiser(chosen).denoise(image, sigma=sigma)
+    if upper is None:
+        return pretrained_denoiser(PRETRAINED_LEVELS[-1]).denoise(image, sigma=sigma)
+    model = pretrained_denoiser(upper)
+    lower = max((s for s in PRETRAINED_LEVELS if s < level), default=None)
+    if upper != level and lower is not None and model.penalty != "log":
+        below = pretrained_denoiser(lower)
+        if below.penalty == "log":
+            model = below
+    return model.denoise(image, sigma=sigma)

@@ -143,6 +143,25 @@ def test_log_penalty_learns_eps_and_beats_its_l1_start():
         ImageDenoiser("patch", penalty="log").fit(images)
 
 
+def test_init_filters(fitted):
+    kw = dict(n_layers=8, crop_size=24, n_crops=4, max_iter=2, noise_std=SIGMA)
+    images = [blocks(0), blocks(1)]
+    # Started from trained filters (shape taken from them), the tuned start
+    # is at least as good as the TV start of the same draw.
+    den = ImageDenoiser(init=fitted.components_, random_state=0, **kw).fit(images)
+    assert den.components_.shape == fitted.components_.shape
+    assert den.validation_psnr_[0] >= fitted.validation_psnr_[0]
+    for init, match in [
+        (np.zeros((8, 25)), "init must be finite, non-zero"),
+        (np.ones((8, 24)), "init must be finite, non-zero"),
+        (np.full((8, 25), np.nan), "init contains NaN"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ImageDenoiser(init=init, patch_size=5, **kw).fit(images)
+    with pytest.raises(ValueError, match="init filters need"):
+        ImageDenoiser("patch", init=np.ones((4, 16))).fit(images)
+
+
 def test_accelerated_schedule_converges_to_the_same_minimiser():
     """Accelerated and plain steps converge to the same (TV) minimiser."""
     clean = blocks(8, n=3)
