@@ -110,11 +110,12 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     ----------
     structure : {"convolutional", "patch"}, default="convolutional"
     n_filters : int, default=None
-        Number of filters (rows of ``K``).  ``None``: 8 (convolutional), or
-        the finite differences of the patch (patch).
+        Number of filters (rows of ``K``).  ``None``: the rows of ``init``
+        if it is an array, else 8 (convolutional), or the finite differences
+        of the patch (patch).
     patch_size : int, default=None
-        Filter size (convolutional; ``None``: 5) or patch size (patch;
-        ``None``: 8).
+        Filter size (convolutional; ``None``: that of ``init`` if it is an
+        array, else 5) or patch size (patch; ``None``: 8).
     n_layers : int, default=30
         Unrolled iterations.
     unroll : {"last", "ergodic"}, default="last"
