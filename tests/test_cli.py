@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sklearn_ergo._cli import main
+from sklearn_ergo._pretrained import load_denoiser
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -53,7 +54,13 @@ def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     argv += ["--crop-size", "16", "--n-crops", "2", "--max-iter", "1"]
     argv += ["--penalty", penalty, "--n-stages", "2"]
     assert main(argv) == 0
-    assert "validation PSNR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "validation PSNR" in printed
+    # The log penalty trains after the l1 model; the better one is saved.
+    assert ("training the log model" in printed) == (penalty == "log")
+    saved = load_denoiser(model).penalty
+    assert f"saved the {saved} model" in printed
+    assert saved in (("l1",) if penalty == "l1" else ("l1", "log"))
     out = tmp_path / "out.png"
     path, _ = noisy_png
     argv = ["denoise", str(path), "-o", str(out), "--sigma", "20", "--model"]
