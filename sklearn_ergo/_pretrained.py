@@ -9,6 +9,8 @@ bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
 """
 
 import math
+import os
+import pathlib
 import zipfile
 from importlib import resources
 
@@ -28,9 +30,26 @@ _LOG_SETTINGS = ("n_stages", "eps")
 
 
 def save_denoiser(denoiser, path):
-    """Save a fitted convolutional :class:`ImageDenoiser` to ``path`` (``.npz``)."""
+    """Save a fitted convolutional :class:`ImageDenoiser` to ``path`` (``.npz``).
+
+    As with :func:`numpy.savez`, ``.npz`` is appended to a path without it.
+    The file is written next to its destination and renamed into place, so
+    an interrupted save leaves an existing model file intact.
+    """
     if denoiser.structure != "convolutional" or not hasattr(denoiser, "components_"):
         raise ValueError("Only fitted convolutional ImageDenoisers can be saved.")
+    path = pathlib.Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        _write(denoiser, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write(denoiser, path):
     np.savez(
         path,
         format=np.array(FORMAT),

@@ -6,6 +6,7 @@ the estimator calls, so that they exercise the recovery paths directly.
 """
 
 import contextlib
+import pathlib
 import pickle
 import signal
 import warnings
@@ -461,6 +462,31 @@ def test_image_denoiser_round_trips_are_bit_identical(image_denoiser, tmp_path):
     ]
     for copy in copies:
         np.testing.assert_array_equal(copy.denoise(noisy), expected)
+
+
+def test_interrupted_save_keeps_the_old_model_file(
+    image_denoiser, tmp_path, monkeypatch
+):
+    from sklearn_ergo import _pretrained
+
+    target = tmp_path / "model.npz"
+    _pretrained.save_denoiser(image_denoiser, target)
+    good = target.read_bytes()
+
+    def interrupted(path, **arrays):
+        pathlib.Path(path).write_bytes(b"half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_pretrained.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrained.save_denoiser(image_denoiser, target)
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+    monkeypatch.undo()
+    # Like numpy.savez, a path without the suffix gets ".npz".
+    _pretrained.save_denoiser(image_denoiser, tmp_path / "other")
+    copy = _pretrained.load_denoiser(tmp_path / "other.npz")
+    np.testing.assert_array_equal(copy.components_, image_denoiser.components_)
 
 
 def test_image_model_file_refuses_foreign_files(image_denoiser, tmp_path):
