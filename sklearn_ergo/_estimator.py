@@ -28,6 +28,9 @@ from ._unrolled import _denoise, _loss_grad, output_weights, step_schedule
 # Samples used to tune the scalar weight of the initial operator: enough for
 # a stable estimate, few enough to keep the 1-D search a small part of a fit.
 _MAX_TUNING_SAMPLES = 2000
+# Rows per block of the monitored loss (its output is held one block at a
+# time): 8 MiB of float64 8x8 patches.
+_LOSS_BLOCK = 16384
 
 
 def _rms(X):
@@ -328,8 +331,15 @@ class AnalysisOperatorLearner(
         return loss, grad
 
     def _loss(self, K, X, Y, alpha, pen):
-        residual = self._apply(K, X, alpha, pen) - Y
-        return 0.5 * float(np.vdot(residual, residual)) / len(X)
+        # In blocks of rows: the output of the whole batch at once would be one
+        # more copy of the data.
+        total = 0.0
+        for start in range(0, len(X), _LOSS_BLOCK):
+            rows = slice(start, start + _LOSS_BLOCK)
+            residual = self._apply(K, X[rows], alpha, pen)
+            residual -= Y[rows]
+            total += float(np.vdot(residual, residual))
+        return 0.5 * total / len(X)
 
     # -- fit ---------------------------------------------------------------
     def _validate_pairs(self, X, y, reset):

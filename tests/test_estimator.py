@@ -102,6 +102,21 @@ def test_n_jobs_does_not_change_the_fit(pairs):
     np.testing.assert_allclose(K1, K2, rtol=1e-7, atol=1e-10)
 
 
+def test_monitored_loss_in_blocks_matches_the_whole_batch(pairs, monkeypatch):
+    import sklearn_ergo._estimator as estimator_module
+
+    X, Y = pairs
+    est = small(max_iter=2).fit(X, Y)
+    alpha, pen = est._model()
+    Xs, Ys = X / est.scale_, Y / est.scale_
+    whole = est._loss(est.components_, Xs, Ys, alpha, pen)
+    monkeypatch.setattr(estimator_module, "_LOSS_BLOCK", 7)  # uneven blocks
+    blocked = est._loss(est.components_, Xs, Ys, alpha, pen)
+    assert blocked == pytest.approx(whole, rel=1e-12)
+    residual = est.predict(X) / est.scale_ - Ys
+    assert whole == pytest.approx(0.5 * np.sum(residual**2) / len(X), rel=1e-12)
+
+
 def test_float32_end_to_end(pairs):
     X, Y = (a.astype(np.float32) for a in pairs)
     est = small(max_iter=3).fit(X, Y)
