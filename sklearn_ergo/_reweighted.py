@@ -27,12 +27,12 @@ from sklearn.utils.parallel import delayed
 from ._chambolle_pock import backward, forward
 from ._prox import L1Norm, WeightedL1
 from ._unrolled import (
-    _DENOISE_BYTES,
     _n_jobs,
     _parallel,
     _single_blas_thread,
     add_step_rule_grad,
     chunk_slices,
+    prediction_slices,
 )
 
 
@@ -172,16 +172,7 @@ def reweighted_loss_grad(
 
 def reweighted_denoise(K, eps, X_noisy, steps, alpha, n_stages, n_jobs, make_op):
     """The output of :func:`reweighted_forward` for every row of ``X_noisy``."""
-    op = make_op(K)
-    slices = chunk_slices(
-        len(X_noisy),
-        op.n_primal,
-        op.n_dual,
-        2,
-        X_noisy.itemsize,
-        _n_jobs(n_jobs),
-        budget=_DENOISE_BYTES,
-    )
+    slices = prediction_slices(make_op(K), X_noisy, n_jobs)
     parts = _parallel(n_jobs)(
         delayed(_chunk_denoise)(K, eps, X_noisy, steps, alpha, n_stages, s, make_op)
         for s in slices

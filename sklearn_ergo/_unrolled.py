@@ -458,9 +458,18 @@ def unrolled_denoise(
 def _denoise(
     K, X_noisy, steps, pen, alpha, n_jobs=None, chunk_size=None, make_op=DenseOperator
 ):
-    op = make_op(K)
+    slices = prediction_slices(make_op(K), X_noisy, n_jobs, chunk_size)
+    parts = _parallel(n_jobs)(
+        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s, make_op)
+        for s in slices
+    )
+    return np.concatenate(parts) if parts else np.empty_like(X_noisy)
+
+
+def prediction_slices(op, X_noisy, n_jobs, chunk_size=None):
+    """Chunks of the rows of ``X_noisy`` for a forward pass without tape."""
     # No tape in prediction: the chunk's iterates (~3 layers) fit in cache.
-    slices = chunk_slices(
+    return chunk_slices(
         len(X_noisy),
         op.n_primal,
         op.n_dual,
@@ -470,11 +479,6 @@ def _denoise(
         chunk_size,
         budget=_DENOISE_BYTES,
     )
-    parts = _parallel(n_jobs)(
-        delayed(_chunk_denoise)(K, X_noisy, steps, pen, alpha, s, make_op)
-        for s in slices
-    )
-    return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
 
 def _n_jobs(n_jobs):
