@@ -9,7 +9,7 @@ the l1 model's filters; the phase with the better PSNR on that draw is
 shipped.  Progress (training loss, PSNR on the held-out draw)
 is printed after every draw of fresh crops and noise.
 
-    python benchmarks/train_pretrained.py            # all levels, ~25 minutes
+    python benchmarks/train_pretrained.py            # all levels, ~30 minutes
     python benchmarks/train_pretrained.py --quick    # smoke test, < 60 s
     python benchmarks/train_pretrained.py --levels 25 --output /tmp/models
 

@@ -125,10 +125,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
         stages of ``n_layers`` iterations each (see
         :mod:`sklearn_ergo._reweighted`): it penalises large filter
-        responses (edges) less than small ones (noise).  Learning it is
-        faster from the filters of a trained l1 model (``init``) than from
-        TV, which is how the shipped operators are trained
-        (``benchmarks/train_pretrained.py``).
+        responses (edges) less than small ones (noise).  The shipped
+        operators start it from the filters of a trained l1 model (``init``;
+        ``benchmarks/train_pretrained.py``).
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"
         Initial filters (convolutional): anisotropic TV plus small zero-mean
@@ -269,8 +268,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _patch_size(self):
         if self.patch_size is not None:
             return self.patch_size
-        if self._given_init() is not None:
-            return max(math.isqrt(self._given_init().shape[1]), 1)
+        init = self._given_init()
+        if init is not None:
+            return max(math.isqrt(init.shape[1]), 1)
         return 5 if self.structure == "convolutional" else 8
 
     def _given_init(self):
