@@ -1,8 +1,9 @@
 """Learned analysis operators for denoising, by exactly differentiated
 unrolled Chambolle-Pock iterations (last iterate or ergodic average)."""
 
-from ._denoiser import ImageDenoiser
-from ._estimator import AnalysisOperatorLearner
+from ._analysis_operator import AnalysisOperatorLearner
+from ._image_denoiser import ImageDenoiser
+from ._model_io import load_denoiser, save_denoiser
 from ._pretrained import denoise_image
 from ._unrolled import unrolled_denoise, unrolled_loss_grad
 
@@ -10,6 +11,8 @@ __all__ = [
     "AnalysisOperatorLearner",
     "ImageDenoiser",
     "denoise_image",
+    "load_denoiser",
+    "save_denoiser",
     "unrolled_denoise",
     "unrolled_loss_grad",
 ]

@@ -1,48 +1,19 @@
 """Unrolled Chambolle-Pock on the residual, with its exact backward pass.
 
 Pure NumPy, no scikit-learn: the forward pass records a tape of iterates, the
-backward pass walks it in reverse (``../shared/MATH.md``, sections 2 and 3, and
-``docs`` of :func:`backward`).  Samples are rows.  Step sizes are per layer so
+backward pass walks it in reverse (``docs/math.md``, sections 2 and 3, and
+the docstring of :func:`backward`).  Samples are rows.  Step sizes are per layer so
 that schedules other than a constant step (e.g. accelerated variants) share
 the same recursion; layer ``l`` (1-based) uses ``sigma[l-1]``, ``tau[l-1]``,
 ``theta[l-1]``.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ._operators import blas
-from ._prox import SquaredL2
+from ._penalties import SquaredL2
 
 _G = SquaredL2()
-
-
-@dataclass(frozen=True)
-class StepSchedule:
-    """Per-layer step sizes of the unrolled iteration.
-
-    ``sigma_power`` and ``tau_power`` record how the steps depend on the
-    operator norm ``s = ||K||``: ``sigma_l ∝ s**(-sigma_power)`` and
-    ``tau_l ∝ s**(-tau_power)`` (both 0 for steps fixed by the user).  This
-    is all the backward pass needs to differentiate through the step rule.
-    """
-
-    sigma: np.ndarray
-    tau: np.ndarray
-    theta: np.ndarray
-    sigma_power: float = 0.0
-    tau_power: float = 0.0
-
-    @property
-    def n_layers(self):
-        return len(self.sigma)
-
-
-def constant_steps(sigma, tau, n_layers, *, power=0.0):
-    """``sigma_l = sigma``, ``tau_l = tau``, ``theta_l = 1`` for every layer."""
-    full = np.full(n_layers, 1.0)
-    return StepSchedule(sigma * full, tau * full, full, power, power)
 
 
 def forward(op, X, steps, penalty, alpha, *, record=False):
@@ -55,7 +26,9 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
     X : ndarray of shape (N, n)
         Noisy samples ``x~``, one per row.
     steps : StepSchedule
-    penalty : prox object for ``F`` (``L1Norm`` or ``Huber``).
+        See :mod:`sklearn_ergo._steps`.
+    penalty : convex penalty object for ``F``
+        See :mod:`sklearn_ergo._penalties`.
     alpha : ndarray of shape (L,)
         Output weights: ``x^ = X + sum_l alpha_l r^[l]``.
     record : bool
@@ -158,7 +131,7 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad
     R, Y = tape
     N, n = X.shape
     L, m, dtype = steps.n_layers, op.n_dual, X.dtype
-    eps = penalty.eps
+    c2 = penalty.conjugate_l2  # F* = ... + (c2 / 2) ||y||^2
     d_P = np.zeros((N, n), dtype=dtype)  # delta_P^[l+1], then delta_P^[l]
     w_next = np.zeros((N, m), dtype=dtype)  # w^[l+1]
     w_next2 = np.zeros((N, m), dtype=dtype)  # w^[l+2], then w^[l]
@@ -212,11 +185,11 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad
         sigma_next = sigma
         _axpy(w, w_sum, 1.0)
         op.weight_grad_acc(y, d_P, grad_P, tau)
-        if eps:
+        if c2:
             wy += _dot(w, y)
     op.weight_grad_acc(w_sum, X, grad_D)
     K = op.weights
-    sigma_sens = float(np.vdot(K, grad_D)) - eps * wy
+    sigma_sens = float(np.vdot(K, grad_D)) - c2 * wy
     tau_sens = -float(np.vdot(K, grad_P)) - pr
     return grad_D, grad_P, sigma_sens, tau_sens
 

@@ -148,7 +148,8 @@ def _demo(args):
 
 
 def _denoise(args):
-    from ._pretrained import denoise_image, load_denoiser
+    from ._model_io import load_denoiser
+    from ._pretrained import denoise_image
 
     image = read_image(args.input)
     try:
@@ -162,8 +163,8 @@ def _denoise(args):
 
 
 def _train(args):
-    from ._denoiser import ImageDenoiser
-    from ._pretrained import save_denoiser
+    from ._image_denoiser import ImageDenoiser
+    from ._model_io import save_denoiser
 
     images = [read_image(path) for path in args.images]
     common = dict(

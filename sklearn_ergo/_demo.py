@@ -32,7 +32,7 @@ def run_demo(
     random_state=0,
 ):
     """Fit on china.jpg patches, evaluate on flower.jpg patches; print PSNRs."""
-    from ._estimator import AnalysisOperatorLearner
+    from ._analysis_operator import AnalysisOperatorLearner
     from .datasets import make_noisy_patches, psnr
 
     print(

@@ -1,6 +1,6 @@
 r"""The true bilevel gradient, by implicit differentiation of the lower level.
 
-For the Huber penalty ``F`` (smooth, ``../shared/MATH.md`` section 1) the
+For the Huber penalty ``F`` (smooth, ``docs/math.md``, section 1) the
 lower-level problem
 
 .. math::
@@ -34,12 +34,10 @@ Everything is computed in float64, whatever the input dtype.
 import warnings
 
 import numpy as np
-from joblib import effective_n_jobs
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import gen_even_slices
-from sklearn.utils.parallel import Parallel, delayed
 
 from ._operators import DenseOperator
+from ._parallel import chunk_slices, map_chunks
 
 #: Newton stops when every sample's gradient norm is below this times
 #: ``1 + ||x~||``; the problem is 1-strongly convex, so this bounds
@@ -53,14 +51,12 @@ NEWTON_MAX_ITER = 200
 # Relative residual of the adjoint solve (the gradient's accuracy).
 _ADJOINT_RTOL = 1e-12
 
-# No tape here: chunks only serve parallelism and keep the per-row CG runs
-# (which wait for the slowest row of their chunk) short.
 _CHUNK_SIZE = 1024
 
 
-def check_implicit_penalty(pen):
+def check_implicit_penalty(penalty):
     """Raise unless the penalty is smooth (Huber)."""
-    if not pen.eps:
+    if not penalty.smooth:
         raise ValueError(
             "unroll='implicit' differentiates the solution of the lower-level "
             "problem, which needs a smooth penalty: use penalty='huber'. With "
@@ -171,12 +167,14 @@ def solve_lower_level(op, X, eps, *, max_iter, tol=NEWTON_TOL):
     return X_hat, n_iter, bool(np.all(gnorm <= tol))
 
 
-def _chunk_implicit(K, X_noisy, X_clean, eps, max_iter, n_total):
+def _chunk_implicit(K, X_noisy, X_clean, eps, max_iter, rows):
     op = DenseOperator(K)
-    X_hat, _, converged = solve_lower_level(op, X_noisy, eps, max_iter=max_iter)
+    X = X_noisy[rows]
+    X_hat, _, converged = solve_lower_level(op, X, eps, max_iter=max_iter)
     if X_clean is None:
         return X_hat, converged
-    g = (X_hat - X_clean) / n_total
+    n_total = len(X_noisy)
+    g = (X_hat - X_clean[rows]) / n_total
     loss = 0.5 * n_total * float(np.vdot(g, g))
     _, psi, inner = _huber_terms(op.apply(X_hat), eps)
     d = inner / eps
@@ -190,60 +188,60 @@ def _chunk_implicit(K, X_noisy, X_clean, eps, max_iter, n_total):
     return loss, -grad, converged
 
 
-def _warn_unconverged(max_iter):
-    warnings.warn(
-        f"The lower-level Newton solver did not converge within {max_iter} "
-        "iterations; the implicit gradient is that of an inexact solution.",
-        ConvergenceWarning,
-        stacklevel=3,
+def _run(K, X_noisy, X_clean, penalty, max_iter, n_jobs, chunk_size):
+    """The chunks of the implicit mode in float64 (validated inputs)."""
+    check_implicit_penalty(penalty)
+    X_noisy = X_noisy.astype(np.float64)
+    if X_clean is not None:
+        X_clean = X_clean.astype(np.float64)
+    # No tape here: chunks only serve parallelism and keep the per-row CG
+    # runs (which wait for the slowest row of their chunk) short.
+    slices = chunk_slices(len(X_noisy), 0, n_jobs, chunk_size or _CHUNK_SIZE)
+    results = map_chunks(
+        _chunk_implicit,
+        slices,
+        n_jobs,
+        K.astype(np.float64),
+        X_noisy,
+        X_clean,
+        penalty.eps,
+        max_iter,
     )
-
-
-def _slices(n_samples, n_jobs, chunk_size):
-    n_chunks = max(
-        -(-n_samples // (chunk_size or _CHUNK_SIZE)),
-        min(effective_n_jobs(n_jobs), n_samples),
-    )
-    return list(gen_even_slices(n_samples, n_chunks))
+    if not all(r[-1] for r in results):
+        warnings.warn(
+            f"The lower-level Newton solver did not converge within {max_iter} "
+            "iterations; the implicit gradient is that of an inexact solution.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return results
 
 
 def implicit_loss_grad(
-    K, X_noisy, X_clean, pen, *, max_iter=NEWTON_MAX_ITER, n_jobs=None, chunk_size=None
+    K,
+    X_noisy,
+    X_clean,
+    penalty,
+    *,
+    max_iter=NEWTON_MAX_ITER,
+    n_jobs=None,
+    chunk_size=None,
 ):
     """Loss at the solution of the lower level and its implicit gradient.
 
     Inputs are validated arrays; ``max_iter`` bounds the Newton iterations.
     Returns ``(loss, grad)``, ``grad`` in the dtype of ``K``.
     """
-    check_implicit_penalty(pen)
-    K64 = K.astype(np.float64)
-    X_noisy = X_noisy.astype(np.float64)
-    X_clean = X_clean.astype(np.float64)
-    results = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_implicit)(
-            K64, X_noisy[s], X_clean[s], pen.eps, max_iter, len(X_noisy)
-        )
-        for s in _slices(len(X_noisy), n_jobs, chunk_size)
-    )
-    if not all(r[2] for r in results):
-        _warn_unconverged(max_iter)
+    results = _run(K, X_noisy, X_clean, penalty, max_iter, n_jobs, chunk_size)
     loss = sum(r[0] for r in results)
     grad = sum(r[1] for r in results)
     return loss, grad.astype(K.dtype)
 
 
 def implicit_denoise(
-    K, X_noisy, pen, *, max_iter=NEWTON_MAX_ITER, n_jobs=None, chunk_size=None
+    K, X_noisy, penalty, *, max_iter=NEWTON_MAX_ITER, n_jobs=None, chunk_size=None
 ):
     """The solution of the lower level for every row (validated inputs)."""
-    check_implicit_penalty(pen)
-    K64 = K.astype(np.float64)
-    X64 = X_noisy.astype(np.float64)
-    parts = Parallel(n_jobs=n_jobs)(
-        delayed(_chunk_implicit)(K64, X64[s], None, pen.eps, max_iter, len(X64))
-        for s in _slices(len(X64), n_jobs, chunk_size)
-    )
-    if not all(p[1] for p in parts):
-        _warn_unconverged(max_iter)
-    X_hat = np.concatenate([p[0] for p in parts]) if parts else X64
+    results = _run(K, X_noisy, None, penalty, max_iter, n_jobs, chunk_size)
+    X_hat = np.concatenate([r[0] for r in results])
     return X_hat.astype(X_noisy.dtype)

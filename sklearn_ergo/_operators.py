@@ -46,6 +46,14 @@ class DenseOperator:
         """Gradient of ``sum_i <Y_i, K X_i>`` with respect to ``K``: ``Y^T X``."""
         return Y.T @ X
 
+    def expand_rows(self, values):
+        """Per-row values of ``K`` (shape ``(m,)``) spread over a dual row."""
+        return values
+
+    def sum_rows(self, Z):
+        """Sum a stack of dual rows ``(N, m)`` per row of ``K``: shape ``(m,)``."""
+        return Z.sum(axis=0)
+
     # Fused variants: one BLAS ``gemm`` each, writing into C-contiguous ``out``
     # (a row-major ``(N, k)`` array is the column-major ``(k, N)`` BLAS sees).
     def apply_acc(self, X, out, alpha=1.0, beta=0.0):

@@ -1,11 +1,20 @@
-"""Upper-level optimisers: full-batch L-BFGS and mini-batch Adam.
+"""Upper-level optimisation: the pieces both estimators train with.
 
-Both keep the best iterate seen (by training loss, or by validation loss when
-a validation set is given), so that an interruption, a divergent step or
-over-fitting never costs the progress already made.
+- :class:`Adam` (mini-batch) and :func:`lbfgs` (full batch, scipy);
+- :class:`BestTracker`: keeps the best iterate seen and decides when
+  progress has stalled, so that an interruption, a divergent step or
+  over-fitting never costs the progress already made;
+- :class:`StopKeepingBest`: a ``KeyboardInterrupt`` or a numerical fault
+  ends training with a warning instead of an exception;
+- :func:`search_log_scale`: the 1-D search of the weight of an initial
+  operator.
 """
 
+import warnings
+
 import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+from sklearn.exceptions import ConvergenceWarning
 
 
 class Adam:
@@ -54,7 +63,7 @@ class BestTracker:
     consecutive iterations.
     """
 
-    def __init__(self, tol, n_iter_no_change):
+    def __init__(self, tol=0.0, n_iter_no_change=np.inf):
         self.tol, self.n_iter_no_change = tol, n_iter_no_change
         self.best_loss, self.best_params, self.n_stalled = np.inf, None, 0
 
@@ -71,3 +80,72 @@ class BestTracker:
         if loss < self.best_loss:
             self.best_loss, self.best_params = loss, np.array(params, copy=True)
         return self.n_stalled >= self.n_iter_no_change
+
+
+class StopKeepingBest:
+    """Context in which an interruption or a numerical fault stops training.
+
+    A ``KeyboardInterrupt`` (``UserWarning``) or a ``FloatingPointError``
+    (``ConvergenceWarning``) raised inside ends the block with a warning
+    and sets ``stopped``; the caller then keeps the best iterate it tracked.
+    ``progress()`` describes how far training got (e.g. "after 3
+    iterations"), for the warning.
+    """
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.stopped = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is KeyboardInterrupt:
+            message = (
+                "fit was interrupted; keeping the best operator found so far "
+                f"({self.progress()})."
+            )
+            category = UserWarning
+        elif exc_type is FloatingPointError:
+            message = (
+                f"fit stopped {self.progress()}: {exc}; keeping the best "
+                "operator found so far."
+            )
+            category = ConvergenceWarning
+        else:
+            return False
+        self.stopped = True
+        warnings.warn(message, category, stacklevel=3)
+        return True
+
+
+def lbfgs(fun, x0, max_iter, callback=None):
+    """At most ``max_iter`` L-BFGS-B iterations of ``fun`` (value and gradient).
+
+    Stopping is left to ``max_iter`` and ``callback`` (raise
+    ``StopIteration`` to stop): L-BFGS-B's absolute ``ftol``/``gtol`` are
+    not scale free.  Returns scipy's ``OptimizeResult``.
+    """
+    return minimize(
+        fun,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        callback=callback,
+        options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0},
+    )
+
+
+def search_log_scale(loss, center, below, above):
+    """The ``t`` in ``[center - below, center + above]`` minimising ``loss(t)``.
+
+    ``t`` is the logarithm of the weight of an initial operator: the loss
+    of ``exp(t) D`` is unimodal in practice, and a bounded Brent search to
+    ``0.01`` (1 % in the weight) costs about 15 evaluations.
+    """
+    return minimize_scalar(
+        loss,
+        bounds=(center - below, center + above),
+        method="bounded",
+        options={"xatol": 1e-2},
+    ).x

@@ -1,121 +1,20 @@
-"""Saved convolutional denoisers and the pretrained ones shipped with the package.
+"""The pretrained denoisers shipped with the package, and ``denoise_image``.
 
-A model file is a plain ``.npz`` (read with ``allow_pickle=False``) holding
-the filters, the settings of the unrolled map (and the scales ``eps`` of a
-log-penalty model) and a format marker.  The
-shipped operators are trained by ``benchmarks/train_pretrained.py`` on the
-bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
+The shipped operators are trained by ``benchmarks/train_pretrained.py`` on
+the bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
 ``moon``, ``text``, ``brick``, ``grass``, ``gravel`` and ``page`` only.
 """
 
-import math
-import os
-import pathlib
-import zipfile
 from importlib import resources
 
 import numpy as np
 
-from ._denoiser import ImageDenoiser, as_float_image
-
-FORMAT = "sklearn-ergo-convolutional-denoiser-1"
+from ._image_denoiser import as_float_image
+from ._model_io import load_denoiser
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
 #: shipped operators.
 PRETRAINED_LEVELS = (5, 10, 15, 25, 50)
-
-_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
-# Settings of the log penalty only: required when penalty == "log".
-_LOG_SETTINGS = ("n_stages", "eps")
-
-
-def save_denoiser(denoiser, path):
-    """Save a fitted convolutional :class:`ImageDenoiser` to ``path`` (``.npz``).
-
-    As with :func:`numpy.savez`, ``.npz`` is appended to a path without it.
-    The file is written next to its destination and renamed into place, so
-    an interrupted save leaves an existing model file intact.
-    """
-    if denoiser.structure != "convolutional" or not hasattr(denoiser, "components_"):
-        raise ValueError("Only fitted convolutional ImageDenoisers can be saved.")
-    path = pathlib.Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        _write(denoiser, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write(denoiser, path):
-    np.savez(
-        path,
-        format=np.array(FORMAT),
-        components=denoiser.components_,
-        noise_std=np.array(denoiser.noise_std_),
-        **{key: np.array(getattr(denoiser, key)) for key in _SETTINGS},
-        **(
-            {"n_stages": np.array(denoiser.n_stages), "eps": denoiser.eps_}
-            if denoiser.penalty == "log"
-            else {}
-        ),
-    )
-
-
-def load_denoiser(path):
-    """Load a denoiser saved by :func:`save_denoiser`; returns a fitted ImageDenoiser.
-
-    Raises
-    ------
-    ValueError
-        If the file is not such a model.
-    """
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it is a single array, not an .npz archive")
-        with data:
-            fields = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        # np.load suggests allow_pickle=True for any file it cannot read: never.
-        pickled = "pickle" in str(exc)
-        reason = "not NumPy arrays (pickled data is never loaded)" if pickled else exc
-        raise ValueError(f"Cannot read a model from {path!s}: {reason}") from exc
-    if "format" not in fields or str(fields["format"]) != FORMAT:
-        raise ValueError(f"{path!s} is not an sklearn-ergo denoiser ({FORMAT}).")
-    required = {"components", "noise_std", *_SETTINGS}
-    if "penalty" in fields and str(fields["penalty"]) == "log":
-        required.update(_LOG_SETTINGS)
-    missing = required - fields.keys()
-    if missing:
-        raise ValueError(f"{path!s} is a damaged model: no {sorted(missing)}.")
-    K = np.asarray(fields["components"], dtype=np.float64)
-    p = math.isqrt(K.shape[1]) if K.ndim == 2 else 0
-    if p < 2 or p * p != K.shape[1] or not np.all(np.isfinite(K)):
-        raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
-    settings = {key: fields[key].item() for key in _SETTINGS}
-    if settings["penalty"] == "log":
-        settings["n_stages"] = int(fields["n_stages"])
-        eps = np.asarray(fields["eps"], dtype=np.float64)
-        if (
-            settings["n_stages"] < 1
-            or eps.shape != (K.shape[0],)
-            or not np.all((eps > 0) & np.isfinite(eps))
-        ):
-            raise ValueError(f"{path!s} holds an invalid log penalty (eps, n_stages).")
-    den = ImageDenoiser(
-        n_filters=K.shape[0],
-        patch_size=p,
-        noise_std=float(fields["noise_std"]),
-        **settings,
-    )
-    den.components_ = K
-    if settings["penalty"] == "log":
-        den.eps_ = eps
-    den.noise_std_ = float(fields["noise_std"])
-    return den
 
 
 def pretrained_denoiser(level):

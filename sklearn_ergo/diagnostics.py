@@ -1,27 +1,22 @@
 """Per-layer diagnostics of the backward pass of the unrolled denoiser.
 
-The backward recursion (``../shared/MATH.md``, section 3) is a linear
+The backward recursion (``docs/math.md``, section 3) is a linear
 recurrence through the masks of the prox derivatives.  When the last iterate
 is unrolled deep, the signal that reaches early layers can shrink and drift
-into ``ker(K)`` / ``ker(K^T)``, where it says nothing about ``K`` (section 4).
+into ``ker(K)`` / ``ker(K^T)``, where it says nothing about ``K`` (section 7).
 :func:`backprop_profile` records, for every layer, how large the adjoint
 variables are, how much of them lies outside those kernels, and how much the
 layer contributes to the gradient.  It observes the core backward pass through
 its ``on_layer`` hook rather than re-implementing it.
 """
 
-import numpy as np
+from numbers import Real
 
-from ._chambolle_pock import backward, forward
-from ._operators import DenseOperator
-from ._prox import make_penalty
-from ._unrolled import (
-    _check_inputs,
-    _check_n_layers,
-    chunk_slices,
-    output_weights,
-    step_schedule,
-)
+import numpy as np
+from sklearn.utils._param_validation import Interval, validate_params
+
+from ._parallel import chunk_slices
+from ._unrolled import _MAP_PARAMS, _check_inputs, dense_map
 
 PROFILE_KEYS = (
     "delta_P_norm",
@@ -45,6 +40,12 @@ def _range_bases(K, kernel_rtol=None):
     return Vt[:rank].T, U[:, :rank]
 
 
+@validate_params(
+    {"K": ["array-like"], "X_noisy": ["array-like"], "X_clean": ["array-like"]}
+    | {k: v for k, v in _MAP_PARAMS.items() if k != "n_jobs"}
+    | {"kernel_rtol": [Interval(Real, 0, None, closed="left"), None]},
+    prefer_skip_nested_validation=True,
+)
 def backprop_profile(
     K,
     X_noisy,
@@ -141,13 +142,8 @@ def backprop_profile(
             "unroll='implicit' has none. Use unroll='last' or 'ergodic'."
         )
     K, X_noisy, X_clean = _check_inputs(K, X_noisy, X_clean)
-    n_layers = _check_n_layers(n_layers)
-    alpha = output_weights(n_layers, unroll, ergodic_weights)
-    pen = make_penalty(penalty, huber_eps)
-    steps = step_schedule(DenseOperator(K), n_layers, sigma, tau)[0]
-    sq, terms = _record_layers(
-        K, X_noisy, X_clean, steps, pen, alpha, kernel_rtol, chunk_size
-    )
+    umap = dense_map(n_layers, unroll, ergodic_weights, penalty, huber_eps, sigma, tau)
+    sq, terms = _record_layers(umap, K, X_noisy, X_clean, kernel_rtol, chunk_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "delta_P_norm": np.sqrt(sq["P"]),
@@ -158,29 +154,27 @@ def backprop_profile(
         }
 
 
-def _record_layers(
-    K, X_noisy, X_clean, steps, pen, alpha, kernel_rtol=None, chunk_size=None
-):
+def _record_layers(umap, K, X_noisy, X_clean, kernel_rtol=None, chunk_size=None):
     """Batch sums of squares of the adjoints and each layer's gradient term.
 
     Returns ``sq`` (dict of arrays of shape (L,): ``P``, ``D``, ``P_range``,
     ``D_range``) and ``terms`` of shape (L, m, n), whose sum is the gradient
-    at fixed steps.
+    at fixed steps.  The chunks run in turn, in this process: the hook of
+    the backward pass writes into these arrays.
     """
     V, U = _range_bases(K, kernel_rtol)
-    n_samples, n_features = X_noisy.shape
-    L = steps.n_layers
+    n_samples = len(X_noisy)
+    L = umap.n_layers
     sq = {name: np.zeros(L) for name in ("P", "D", "P_range", "D_range")}
     terms = np.zeros((L, *K.shape))
-    op = DenseOperator(K)
-    slices = chunk_slices(
-        n_samples, n_features, K.shape[0], L, K.itemsize, 1, chunk_size
-    )
-    for s in slices:
+    (stage,) = umap.stages({"K": K})
+    steps, op = stage.steps, umap.operator(K)
+    tape_bytes = (L + 1) * sum(K.shape) * K.itemsize
+    for s in chunk_slices(n_samples, tape_bytes, 1, chunk_size):
         X = X_noisy[s]
-        X_hat, tape = forward(op, X, steps, pen, alpha, record=True)
+        X_hat, tapes = umap.forward([stage], X, record=True)
         g = (X_hat - X_clean[s]) / n_samples
-        R, Y = tape
+        R, Y = tapes[0][3]
 
         def on_layer(l, delta_P, delta_D, X=X, R=R, Y=Y):
             i = l - 1
@@ -199,7 +193,7 @@ def _record_layers(
             terms[i] += float(steps.sigma[i]) * op.weight_grad(delta_D, xbar)
             terms[i] -= float(steps.tau[i]) * op.weight_grad(Y[i], delta_P)
 
-        backward(op, X, tape, steps, pen, alpha, g, on_layer=on_layer)
+        umap.backward([stage], X, tapes, g, on_layer=on_layer)
     return sq, terms
 
 

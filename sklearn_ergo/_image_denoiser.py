@@ -7,23 +7,24 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._convolution import ConvolutionalOperator
-from ._estimator import AnalysisOperatorLearner
-from ._optim import BestTracker
-from .image import (
-    TAU0,
-    convolutional_denoise,
-    convolutional_log_loss_grad,
-    convolutional_loss_grad,
-    initial_filters,
+from ._analysis_operator import AnalysisOperatorLearner
+from ._convolutional import (
+    ConvolutionalOperator,
+    denoise_images,
+    images_loss_grad,
     pad_images,
 )
+from ._init import initial_filters
+from ._optim import BestTracker, StopKeepingBest, lbfgs, search_log_scale
+from ._penalties import PENALTIES, make_penalty
+from ._steps import AcceleratedSteps
+from ._unrolled_map import UnrolledMap
 
 # Orthonormal opponent colour transform (rows: luminance, red-blue,
 # green-magenta): i.i.d. noise of standard deviation s in RGB stays i.i.d. of
@@ -37,6 +38,8 @@ _OPPONENT = np.array(
 )
 # BT.601 luma, as in skimage.color.rgb2gray, for training on colour images.
 _LUMA = np.array([0.299, 0.587, 0.114])
+# Fitted attributes of the penalties' parameters (``eps_`` of "log").
+_PENALTY_ATTRIBUTES = {f"{n}_" for cls in PENALTIES.values() for n in cls.param_names}
 # Overlapping patches are taken every _PATCH_STRIDE pixels by the
 # structure="patch" denoiser: 16x fewer patches than stride 1.
 _PATCH_STRIDE = 4
@@ -326,6 +329,16 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 X[k] = noisy[i][a : a + size, b : b + size]
         return X, Y
 
+    def _training_images(self, X, y, size):
+        """Validated clean images and, for pairs, the noisy ones (else None)."""
+        if y is None:
+            return self._validate_images(X, "X", size), None
+        clean = self._validate_images(y, "y", size)
+        noisy = self._validate_images(X, "X", size)
+        if [a.shape for a in noisy] != [a.shape for a in clean]:
+            raise ValueError("X (noisy) and y (clean) images must have equal shapes.")
+        return clean, noisy
+
     # -- fit ---------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -346,31 +359,22 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         -------
         self : ImageDenoiser
         """
-        if self.structure == "patch" and self.penalty == "log":
+        if self.structure == "patch" and (
+            self._given_init() is not None or self._map().penalty.reweighted
+        ):
             raise ValueError(
-                'penalty="log" needs structure="convolutional"; the patch model '
-                'takes "l1" or "huber".'
+                'init filters and penalty="log" need structure="convolutional"; '
+                'the patch model takes penalty "l1" or "huber".'
             )
-        if self.structure == "patch" and self._given_init() is not None:
-            raise ValueError('init filters need structure="convolutional".')
         p = self._patch_size()
         size = self.crop_size if self.structure == "convolutional" else p
-        clean = self._validate_images(
-            X if y is None else y, "X" if y is None else "y", size
-        )
-        noisy = None
-        if y is not None:
-            noisy = self._validate_images(X, "X", size)
-            if [a.shape for a in noisy] != [a.shape for a in clean]:
-                raise ValueError(
-                    "X (noisy) and y (clean) images must have equal shapes."
-                )
+        clean, noisy = self._training_images(X, y, size)
+        self.noise_std_ = float(self.noise_std)
+        if noisy is not None:
             diff = np.concatenate(
                 [(a - b).ravel() for a, b in zip(noisy, clean, strict=True)]
             )
             self.noise_std_ = float(np.sqrt(np.mean(diff**2)))
-        else:
-            self.noise_std_ = float(self.noise_std)
         rng = check_random_state(self.random_state)
         if self.structure == "convolutional":
             self._fit_convolutional(clean, noisy, p, rng)
@@ -378,116 +382,116 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             self._fit_patch(clean, noisy, p, rng)
         return self
 
-    def _conv_kwargs(self):
-        kw = dict(
-            n_layers=self.n_layers,
-            unroll=self.unroll,
-            tau0=TAU0,
-            n_jobs=self.n_jobs,
+    def _map(self):
+        """The unrolled map of the convolutional model (operator set per shape)."""
+        penalty = make_penalty(self.penalty, huber_eps=self.huber_eps)
+        return UnrolledMap(
+            self.n_layers,
+            self.unroll,
+            penalty=penalty,
+            steps=AcceleratedSteps(),
+            n_stages=self.n_stages if penalty.reweighted else 1,
         )
-        if self.penalty == "log":
-            return dict(kw, n_stages=self.n_stages)
-        return dict(kw, penalty=self.penalty, huber_eps=self.huber_eps)
 
-    def _run(self, K, eps, images, pad=True):
-        """Denoise ``(n, H, W)`` images with the model ``(K, eps)``."""
-        kw = self._conv_kwargs()
-        if self.penalty == "log":
-            kw.update(penalty="log", eps=eps)
-        return convolutional_denoise(K, images, pad=pad, **kw)
+    def _params(self):
+        """The fitted model as the parameters of :meth:`_map`."""
+        names = self._map().penalty.param_names
+        return {"K": self.components_} | {n: getattr(self, f"{n}_") for n in names}
 
     def _fit_convolutional(self, clean, noisy, p, rng):
-        kw = self._conv_kwargs()
-        log = self.penalty == "log"
+        umap = self._map()
         # A fixed held-out draw (other crops, other noise) to monitor.
         X_val, Y_val = self._draw(clean, noisy, self.crop_size, self.n_crops, rng)
 
-        def padded(X, Y):
+        def draw():
+            X, Y = self._draw(clean, noisy, self.crop_size, self.n_crops, rng)
             return pad_images(X, p), pad_images(Y, p)
 
+        X, Y = draw()
+        D, center = self._initial_filters(p, rng)
+        initial, u = self._tune_initial(umap, D, center, X, Y)
+        self.init_weight_ = float(np.exp(u[0]))
+        packing = _Packing(self.init_weight_)
+        v = packing.pack(initial(u))
+
         def val_psnr(v):
-            out = self._run(*packing.unpack(v), X_val)
+            out = denoise_images(umap, packing.unpack(v), X_val, n_jobs=self.n_jobs)
             return -10.0 * np.log10(np.mean((out - Y_val) ** 2))
 
-        X, Y = padded(*self._draw(clean, noisy, self.crop_size, self.n_crops, rng))
-        D, center = self._initial_filters(p, rng)
-        # Filter responses on clean crops set the scale of eps: log(eps_k / (t
-        # rms_k)) is then of order 1 for every filter, however small.
-        rms = _response_rms(D, Y) if log else None
-
-        def initial(u):
-            # u = (log weight[, log eps factor]): the initial model's tuning.
-            weight = np.exp(u[0])
-            return weight * D, (weight * np.exp(u[1]) * rms if log else None)
-
-        def loss_at(u):
-            out = self._run(*initial(u), X, pad=False)
-            return 0.5 * float(np.sum((out - Y) ** 2)) / len(X)
-
-        # Tune the weight of the whole initial operator in 1-D (and, for the
-        # log penalty, the scale of eps in a 2-D simplex search from there).
-        u = [
-            minimize_scalar(
-                lambda t: loss_at([t, 0.0]),
-                bounds=(center - 4.0, center + 2.0),
-                method="bounded",
-                options={"xatol": 1e-2},
-            ).x,
-            0.0,
-        ]
-        if log:
-            u = minimize(
-                loss_at,
-                u,
-                method="Nelder-Mead",
-                options={
-                    "initial_simplex": [u, [u[0] + 0.5, u[1]], [u[0], u[1] + 1.0]],
-                    "xatol": 0.02,
-                    "fatol": 0.0,
-                    "maxfev": 40,
-                },
-            ).x
-        self.init_weight_ = float(np.exp(u[0]))
-        packing = _Packing(D.shape, self.init_weight_, log)
-        v = packing.pack(*initial(u))
-        tracker = BestTracker(0.0, np.inf)
-        self.loss_curve_ = [loss_at(u)]
+        tracker = BestTracker()
+        self.loss_curve_ = [_crop_loss(umap, initial(u), X, Y, self.n_jobs)]
         self.validation_psnr_ = [val_psnr(v)]
         tracker.update(-self.validation_psnr_[0], v)
         self.n_iter_ = 0
         start = time.perf_counter()
         self._report(0, start)
-        n_rounds = math.ceil(self.max_iter / self.redraw_every)
-        try:
-            for r in range(n_rounds):
+        with StopKeepingBest(lambda: f"after {self.n_iter_} iterations"):
+            for r in range(math.ceil(self.max_iter / self.redraw_every)):
                 if r > 0:
-                    X, Y = padded(
-                        *self._draw(clean, noisy, self.crop_size, self.n_crops, rng)
-                    )
-                iters = min(self.redraw_every, self.max_iter - self.n_iter_)
+                    X, Y = draw()
                 loss_grad = functools.partial(
-                    convolutional_log_loss_grad if log else convolutional_loss_grad,
-                    noisy=X,
-                    clean=Y,
-                    **kw,
+                    images_loss_grad, umap, noisy=X, clean=Y, n_jobs=self.n_jobs
                 )
-                v, loss, nit = _lbfgs(packing.objective(loss_grad), v, iters)
-                self.n_iter_ += nit
-                self.loss_curve_.append(loss)
+                iters = min(self.redraw_every, self.max_iter - self.n_iter_)
+                result = lbfgs(packing.objective(loss_grad), v, iters)
+                v = result.x
+                self.n_iter_ += int(result.nit)
+                self.loss_curve_.append(float(result.fun))
                 self.validation_psnr_.append(val_psnr(v))
                 tracker.update(-self.validation_psnr_[-1], v)
                 self._report(r + 1, start)
-        except KeyboardInterrupt:
-            warnings.warn(
-                "fit was interrupted; keeping the best operator found so far.",
-                UserWarning,
-                stacklevel=3,
-            )
-        self.components_, eps = packing.unpack(tracker.best_params)
-        if log:
-            self.eps_ = eps
-        elif hasattr(self, "eps_"):  # from an earlier fit with the log penalty
-            del self.eps_
+        best = packing.unpack(tracker.best_params)
+        self.components_ = best.pop("K")
+        for name in _PENALTY_ATTRIBUTES:  # from an earlier fit's penalty
+            if hasattr(self, name):
+                delattr(self, name)
+        for name, value in best.items():
+            setattr(self, f"{name}_", value)
+
+    def _tune_initial(self, umap, D, center, X, Y):
+        """Tune the initial model on the crops ``X``, ``Y``.
+
+        The weight of the whole initial operator is tuned in 1-D; a penalty
+        with parameters (one per filter, positive) starts them at the root
+        mean square response of their filter on the clean crops, so that
+        ``log(param / (weight rms))`` is of order 1 for every filter however
+        small, and tunes one common factor per parameter with the weight in a
+        simplex search from there.  Returns ``initial(u)``, the parameters at
+        ``u = (log weight, log factors...)``, and the tuned ``u``.
+        """
+        names = umap.penalty.param_names
+        rms = _response_rms(D, Y) if names else None
+
+        def initial(u):
+            weight = np.exp(u[0])
+            factors = dict(zip(names, np.exp(u[1:]), strict=True))
+            return {"K": weight * D} | {n: weight * f * rms for n, f in factors.items()}
+
+        def loss_at(u):
+            return _crop_loss(umap, initial(u), X, Y, self.n_jobs)
+
+        zeros = [0.0] * len(names)
+        t = search_log_scale(lambda t: loss_at([t, *zeros]), center, 4.0, 2.0)
+        u = np.array([t, *zeros])
+        if names:
+            simplex = [u] + [
+                u + step * e
+                for step, e in zip(
+                    [0.5] + [1.0] * len(names), np.eye(len(u)), strict=True
+                )
+            ]
+            u = minimize(
+                loss_at,
+                u,
+                method="Nelder-Mead",
+                options={
+                    "initial_simplex": simplex,
+                    "xatol": 0.02,
+                    "fatol": 0.0,
+                    "maxfev": 40,
+                },
+            ).x
+        return initial, u
 
     def _report(self, r, start):
         if self.verbose:
@@ -529,7 +533,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _denoise_gray(self, images):
         """Denoise a stack ``(n, H, W)`` of gray images at the trained level."""
         if self.structure == "convolutional":
-            return self._run(self.components_, getattr(self, "eps_", None), images)
+            return denoise_images(
+                self._map(), self._params(), images, n_jobs=self.n_jobs
+            )
         return np.stack([_patch_denoise(self.patch_estimator_, im) for im in images])
 
     def denoise(self, image, sigma=None):
@@ -594,55 +600,57 @@ def _response_rms(D, images):
 
 
 class _Packing:
-    """The model ``(K, eps)`` as one flat vector for L-BFGS.
+    """The model's parameters as one flat vector for L-BFGS.
 
     L-BFGS-B's first trial step has unit length, so ``K`` enters divided by
-    ``scale``, the typical size of its entries; the log penalty's ``eps > 0``
-    enters through its logarithm (the convex penalties have ``eps = None``).
+    ``scale``, the typical size of its entries; a penalty's parameters
+    (positive, one per filter) enter through their logarithms.
     """
 
-    def __init__(self, shape, scale, log):
-        self.shape, self.scale, self.log = shape, scale, log
-        self.size = math.prod(shape)
+    def __init__(self, scale):
+        self.scale = scale
+        self.shapes = None
 
-    def pack(self, K, eps=None):
-        parts = [K.ravel() / self.scale]
-        if self.log:
-            parts.append(np.log(eps))
+    def pack(self, params):
+        self.shapes = {name: np.shape(value) for name, value in params.items()}
+        parts = [
+            np.ravel(value) / self.scale if name == "K" else np.log(np.ravel(value))
+            for name, value in params.items()
+        ]
         return np.concatenate(parts)
 
     def unpack(self, v):
-        K = self.scale * v[: self.size].reshape(self.shape)
-        return K, (np.exp(v[self.size :]) if self.log else None)
+        params, start = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            part = v[start : start + size].reshape(shape)
+            params[name] = self.scale * part if name == "K" else np.exp(part)
+            start += size
+        return params
 
     def objective(self, loss_grad):
-        """``v -> (loss, d loss / dv)`` from ``loss_grad(K[, eps])``."""
+        """``v -> (loss, d loss / dv)`` from ``loss_grad(params)``."""
 
         def f(v):
-            K, eps = self.unpack(v)
-            if eps is None:
-                loss, grad_K = loss_grad(K)
-                grad = [self.scale * grad_K.ravel()]
-            else:
-                loss, grad_K, grad_eps = loss_grad(K, eps)
-                grad = [self.scale * grad_K.ravel(), grad_eps * eps]
+            params = self.unpack(v)
+            loss, grads = loss_grad(params)
             if not np.isfinite(loss):  # lets the line search backtrack
                 return np.inf, np.zeros_like(v)
-            return loss, np.concatenate(grad)
+            parts = [
+                self.scale * grads[name].ravel()
+                if name == "K"
+                else (grads[name] * params[name]).ravel()
+                for name in self.shapes
+            ]
+            return loss, np.concatenate(parts)
 
         return f
 
 
-def _lbfgs(fun, v0, maxiter):
-    """At most ``maxiter`` L-BFGS iterations of ``fun`` from ``v0``; (v, loss, nit)."""
-    res = minimize(
-        fun,
-        v0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": maxiter, "ftol": 0.0, "gtol": 0.0},
-    )
-    return res.x, float(res.fun), int(res.nit)
+def _crop_loss(umap, params, X, Y, n_jobs):
+    """``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` on padded crops ``X`` (``Y`` padded)."""
+    out = denoise_images(umap, params, X, pad=False, n_jobs=n_jobs)
+    return 0.5 * float(np.sum((out - Y) ** 2)) / len(X)
 
 
 def _patch_denoise(est, image):

@@ -1,11 +1,10 @@
-"""The scikit-learn estimator: learn an analysis operator from (noisy, clean) pairs."""
+"""``AnalysisOperatorLearner``: learn an analysis operator from (noisy, clean) pairs."""
 
 import time
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import (
     BaseEstimator,
     OneToOneFeatureMixin,
@@ -18,12 +17,10 @@ from sklearn.utils import check_array, check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._implicit import check_implicit_penalty, implicit_denoise, implicit_loss_grad
 from ._init import finite_difference_operator, zero_mean_random_rows
 from ._operators import DenseOperator
-from ._optim import Adam, BestTracker
-from ._prox import make_penalty
-from ._unrolled import _denoise, _loss_grad, output_weights, step_schedule
+from ._optim import Adam, BestTracker, StopKeepingBest, lbfgs, search_log_scale
+from ._unrolled import dense_map
 
 # Samples used to tune the scalar weight of the initial operator: enough for
 # a stable estimate, few enough to keep the 1-D search a small part of a fit.
@@ -310,33 +307,30 @@ class AnalysisOperatorLearner(
         return hasattr(self, "components_")
 
     # -- the map -----------------------------------------------------------
-    def _model(self):
-        """Output weights (None for ``"implicit"``) and penalty of the map."""
-        pen = make_penalty(self.penalty, self.huber_eps)
-        if self.unroll == "implicit":
-            check_implicit_penalty(pen)
-            return None, pen
-        return output_weights(self.n_layers, self.unroll, self.ergodic_weights), pen
+    def _map(self):
+        return dense_map(
+            self.n_layers,
+            self.unroll,
+            self.ergodic_weights,
+            self.penalty,
+            self.huber_eps,
+            None,
+            None,
+        )
 
-    def _loss_grad(self, K, X, Y, alpha, pen):
-        if alpha is None:
-            loss, grad = implicit_loss_grad(K, X, Y, pen, n_jobs=self.n_jobs)
-        else:
-            steps, norm, norm_grad = step_schedule(DenseOperator(K), self.n_layers)
-            loss, grad = _loss_grad(
-                K, X, Y, steps, norm, norm_grad, pen, alpha, self.n_jobs
-            )
-        if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
+    def _loss_grad(self, umap, K, X, Y):
+        loss, grads = umap.loss_grad({"K": K}, X, Y, n_jobs=self.n_jobs)
+        if not (np.isfinite(loss) and np.all(np.isfinite(grads["K"]))):
             raise FloatingPointError("non-finite loss or gradient")
-        return loss, grad
+        return loss, grads["K"]
 
-    def _loss(self, K, X, Y, alpha, pen):
+    def _loss(self, umap, K, X, Y):
         # In blocks of rows: the output of the whole batch at once would be one
         # more copy of the data.
         total = 0.0
         for start in range(0, len(X), _LOSS_BLOCK):
             rows = slice(start, start + _LOSS_BLOCK)
-            residual = self._apply(K, X[rows], alpha, pen)
+            residual = umap.apply({"K": K}, X[rows], n_jobs=self.n_jobs)
             residual -= Y[rows]
             total += float(np.vdot(residual, residual))
         return 0.5 * total / len(X)
@@ -368,7 +362,8 @@ class AnalysisOperatorLearner(
             )
         return X, y.astype(X.dtype, copy=False)
 
-    def _initial_operator(self, X, Y, alpha, pen, rng):
+    def _initial_operator(self, umap, X, Y, rng):
+        """``(K, weight)``: the start of learning and the tuned weight, if any."""
         n_features = X.shape[1]
         if self.warm_start and hasattr(self, "components_"):
             if self.components_.shape[1] != n_features:
@@ -395,31 +390,8 @@ class AnalysisOperatorLearner(
                     "X / scale_, of unit root mean square)."
                 )
             return K, None
-        if self.init == "tv":
-            if n_features < 2:
-                raise ValueError(
-                    "init='tv' needs at least 2 features (finite differences); "
-                    "got 1 feature(s). Use init='random'."
-                )
-            D = finite_difference_operator(n_features)
-            m = self.n_components or len(D)
-            if m < len(D):
-                D = D[np.sort(rng.choice(len(D), m, replace=False))]
-            elif m > len(D):
-                extra = zero_mean_random_rows(m - len(D), n_features, 1e-3, rng)
-                D = np.vstack([D, extra])
-        else:
-            m = self.n_components or n_features
-            if n_features > 1:
-                D = zero_mean_random_rows(m, n_features, 1.0, rng)
-            else:
-                D = rng.standard_normal((m, 1))
+        D = _initial_rows(self.init, self.n_components, n_features, rng)
         D = D.astype(X.dtype)
-        weight = self._tune_weight(D, X, Y, alpha, pen, rng)
-        return (weight * D).astype(X.dtype), weight
-
-    def _tune_weight(self, D, X, Y, alpha, pen, rng):
-        """The scalar ``w`` minimising the unrolled loss of ``w D`` (1-D search)."""
         if len(X) > _MAX_TUNING_SAMPLES:
             idx = rng.choice(len(X), _MAX_TUNING_SAMPLES, replace=False)
             X, Y = X[idx], Y[idx]
@@ -432,13 +404,11 @@ class AnalysisOperatorLearner(
         # larger (or smaller) than X would otherwise tune the weight past them.
         low, high = np.log(_norm_bounds(D.dtype)) - np.log(np.linalg.norm(D, 2))
         center = float(np.clip(center, low + 6.0, high - 4.0))
-        result = minimize_scalar(
-            lambda t: self._loss(np.exp(t) * D, X, Y, alpha, pen),
-            bounds=(center - 5.0, center + 3.0),
-            method="bounded",
-            options={"xatol": 1e-2},
+        t = search_log_scale(
+            lambda t: self._loss(umap, np.exp(t) * D, X, Y), center, 5.0, 3.0
         )
-        return float(np.exp(result.x))
+        weight = float(np.exp(t))
+        return (weight * D).astype(X.dtype), weight
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -460,33 +430,12 @@ class AnalysisOperatorLearner(
         warm = self.warm_start and hasattr(self, "components_")
         X, y = self._validate_pairs(X, y, reset=not warm)
         rng = check_random_state(self.random_state)
-        alpha, pen = self._model()
-        scale = _rms(X)
-        if not scale >= np.finfo(X.dtype).tiny:  # zero, or subnormal: as zero
-            scale = 1.0
-        with np.errstate(over="ignore"):  # checked just below
-            X, y = X / X.dtype.type(scale), y / X.dtype.type(scale)
-            residual = X - y
-            error = np.vdot(residual, residual)
-        if not np.isfinite(error):
-            raise ValueError(
-                f"y is too large for X: after dividing both by the root mean square "
-                f"of X ({scale:.3g}) their squared difference overflows {X.dtype}."
-            )
-        del residual
-        X_val = y_val = None
+        umap = self._map()
+        X, y, scale = _normalise(X, y)
+        validation = None
         if self.early_stopping:
-            n_val = max(1, int(round(self.validation_fraction * len(X))))
-            if n_val >= len(X):
-                raise ValueError(
-                    f"validation_fraction={self.validation_fraction} leaves no "
-                    f"training samples out of {len(X)}."
-                )
-            perm = rng.permutation(len(X))
-            X_val, y_val = X[perm[:n_val]], y[perm[:n_val]]
-            X, y = X[perm[n_val:]], y[perm[n_val:]]
-
-        K, init_weight = self._initial_operator(X, y, alpha, pen, rng)
+            X, y, validation = _hold_out(X, y, self.validation_fraction, rng)
+        K, init_weight = self._initial_operator(umap, X, y, rng)
         # The solvers keep K usable from here on, and Adam's step halving
         # relies on it to end.  (Only a warm start can fail this: init arrays
         # are checked and the tuned weight is kept in range.)
@@ -498,63 +447,26 @@ class AnalysisOperatorLearner(
                 "finite (warm_start from an operator fitted in float64?). Use "
                 "float64 data."
             )
+        self.loss_curve_, self.n_iter_ = [], 0
         self.validation_scores_ = [] if self.early_stopping else None
-        self.loss_curve_ = []
         tracker = BestTracker(self.tol, self.n_iter_no_change)
-        self.n_iter_ = 0
-        start = time.perf_counter()
-
-        def record(K, loss):
-            """Log one iteration; return True to stop."""
-            self.loss_curve_.append(loss)
-            monitored = loss
-            if self.early_stopping:
-                monitored = self._loss(K, X_val, y_val, alpha, pen)
-                self.validation_scores_.append(monitored)
-            if self.verbose:
-                val = (
-                    f", validation loss = {monitored:.6g}"
-                    if self.early_stopping
-                    else ""
-                )
-                print(
-                    f"Iteration {len(self.loss_curve_) - 1}, loss = {loss:.6g}{val}"
-                    f" ({time.perf_counter() - start:.1f} s)"
-                )
-            return tracker.update(monitored, K)
-
+        record = self._recorder(umap, tracker, validation)
         solve = self._fit_lbfgs if self.solver == "lbfgs" else self._fit_adam
-        converged = stopped = False
-        try:
-            record(K, self._loss(K, X, y, alpha, pen))
-            K, converged = solve(K, X, y, alpha, pen, rng, record)
-        except KeyboardInterrupt:
-            stopped = True
-            warnings.warn(
-                "fit was interrupted; keeping the best operator found so far "
-                f"(after {self.n_iter_} iterations).",
-                UserWarning,
-                stacklevel=2,
-            )
-        except FloatingPointError as exc:
-            stopped = True
-            warnings.warn(
-                f"fit stopped after {self.n_iter_} iterations: {exc}; keeping the "
-                "best operator found so far.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        # Keep the best operator seen: the last one for L-BFGS (whose line
-        # search only accepts decreases); for Adam it undoes a late divergence;
-        # after a fault or an interruption it is the progress made so far.
-        # Nothing is recorded only if interrupted at once: K is then the start.
+        converged = False
+        with StopKeepingBest(lambda: f"after {self.n_iter_} iterations") as guard:
+            record(K, self._loss(umap, K, X, y))
+            K, converged = solve(umap, K, X, y, rng, record)
+        # The best operator seen: the last one for L-BFGS (whose line search
+        # only accepts decreases); for Adam it undoes a late divergence; after
+        # a fault or an interruption it is the progress made so far.  Nothing
+        # is recorded only if interrupted at once: K is then the start.
         if tracker.best_params is not None:
             K = tracker.best_params
         # All fitted attributes change together, so a failed fit never pairs
         # a new scale_ with old components_.
         self.components_, self.scale_, self.init_weight_ = K, scale, init_weight
         self.best_loss_ = tracker.best_loss
-        if not (converged or stopped):
+        if not (converged or guard.stopped):
             warnings.warn(
                 f"{self.solver} stopped at max_iter={self.max_iter} before the loss "
                 "settled; increase max_iter or tol.",
@@ -563,7 +475,31 @@ class AnalysisOperatorLearner(
             )
         return self
 
-    def _fit_lbfgs(self, K0, X, Y, alpha, pen, rng, record):
+    def _recorder(self, umap, tracker, validation):
+        """``record(K, loss)``: log one iteration; True when training should stop."""
+        start = time.perf_counter()
+
+        def record(K, loss):
+            self.loss_curve_.append(loss)
+            monitored = loss
+            if validation is not None:
+                monitored = self._loss(umap, K, *validation)
+                self.validation_scores_.append(monitored)
+            if self.verbose:
+                val = (
+                    f", validation loss = {monitored:.6g}"
+                    if validation is not None
+                    else ""
+                )
+                print(
+                    f"Iteration {len(self.loss_curve_) - 1}, loss = {loss:.6g}{val}"
+                    f" ({time.perf_counter() - start:.1f} s)"
+                )
+            return tracker.update(monitored, K)
+
+        return record
+
+    def _fit_lbfgs(self, umap, K0, X, Y, rng, record):
         shape, dtype = K0.shape, K0.dtype
 
         def fun(k):
@@ -577,7 +513,7 @@ class AnalysisOperatorLearner(
                     "the line search tried an operator that is not finite or "
                     "whose norm is out of range"
                 )
-            loss, grad = self._loss_grad(K, X, Y, alpha, pen)
+            loss, grad = self._loss_grad(umap, K, X, Y)
             return loss, grad.ravel().astype(np.float64)
 
         stop = []
@@ -589,21 +525,12 @@ class AnalysisOperatorLearner(
                 stop.append(True)
                 raise StopIteration
 
-        # Stopping is decided by ``tol`` in ``record`` (relative to the loss,
-        # hence scale free), not by L-BFGS-B's absolute ftol/gtol.
-        result = minimize(
-            fun,
-            K0.ravel().astype(np.float64),
-            jac=True,
-            method="L-BFGS-B",
-            callback=callback,
-            options={"maxiter": self.max_iter, "ftol": 0.0, "gtol": 0.0},
-        )
+        result = lbfgs(fun, K0.ravel().astype(np.float64), self.max_iter, callback)
         # A line search that cannot improve any more has converged too.
         converged = bool(stop) or self.n_iter_ < self.max_iter
         return result.x.reshape(shape).astype(dtype), converged
 
-    def _fit_adam(self, K, X, Y, alpha, pen, rng, record):
+    def _fit_adam(self, umap, K, X, Y, rng, record):
         optimizer = Adam(K.shape, self.learning_rate_init)
         batch_size = min(self.batch_size, len(X))
         warned = False
@@ -612,7 +539,7 @@ class AnalysisOperatorLearner(
             epoch_loss = 0.0
             for batch in gen_batches(len(X), batch_size):
                 idx = perm[batch]
-                loss, grad = self._loss_grad(K, X[idx], Y[idx], alpha, pen)
+                loss, grad = self._loss_grad(umap, K, X[idx], Y[idx])
                 candidate = _add(K, optimizer.step(grad))
                 # A step that leaves K unusable is redone at half the learning
                 # rate.  The direction is finite (finite gradients), so the
@@ -652,18 +579,72 @@ class AnalysisOperatorLearner(
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        alpha, pen = self._model()
         K = self.components_.astype(X.dtype, copy=False)
         scale = X.dtype.type(self.scale_)
-        return self._apply(K, X / scale, alpha, pen) * scale
-
-    def _apply(self, K, X, alpha, pen):
-        """The configured map on normalised inputs."""
-        if alpha is None:
-            return implicit_denoise(K, X, pen, n_jobs=self.n_jobs)
-        steps = step_schedule(DenseOperator(K), self.n_layers)[0]
-        return _denoise(K, X, steps, pen, alpha, self.n_jobs)
+        X_hat = self._map().apply({"K": K}, X / scale, n_jobs=self.n_jobs)
+        return X_hat * scale
 
     def transform(self, X):
-        """Denoise ``X``; the same as :meth:`predict`, for use in pipelines."""
+        """Denoise ``X``; the same as :meth:`predict`, for use in pipelines.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Noisy signals.
+
+        Returns
+        -------
+        X_hat : ndarray of shape (n_samples, n_features)
+        """
         return self.predict(X)
+
+
+def _initial_rows(init, n_components, n_features, rng):
+    """The rows of an ``init="tv"`` or ``"random"`` operator, before weighting."""
+    if init == "tv":
+        if n_features < 2:
+            raise ValueError(
+                "init='tv' needs at least 2 features (finite differences); "
+                "got 1 feature(s). Use init='random'."
+            )
+        D = finite_difference_operator(n_features)
+        m = n_components or len(D)
+        if m < len(D):
+            return D[np.sort(rng.choice(len(D), m, replace=False))]
+        if m > len(D):
+            extra = zero_mean_random_rows(m - len(D), n_features, 1e-3, rng)
+            return np.vstack([D, extra])
+        return D
+    m = n_components or n_features
+    if n_features > 1:
+        return zero_mean_random_rows(m, n_features, 1.0, rng)
+    return rng.standard_normal((m, 1))
+
+
+def _normalise(X, y):
+    """``X / scale``, ``y / scale`` and ``scale``, the RMS of ``X``."""
+    scale = _rms(X)
+    if not scale >= np.finfo(X.dtype).tiny:  # zero, or subnormal: as zero
+        scale = 1.0
+    with np.errstate(over="ignore"):  # checked just below
+        X, y = X / X.dtype.type(scale), y / X.dtype.type(scale)
+        residual = X - y
+        error = np.vdot(residual, residual)
+    if not np.isfinite(error):
+        raise ValueError(
+            f"y is too large for X: after dividing both by the root mean square "
+            f"of X ({scale:.3g}) their squared difference overflows {X.dtype}."
+        )
+    return X, y, scale
+
+
+def _hold_out(X, y, fraction, rng):
+    """Training pairs and a random held-out ``(X_val, y_val)`` for early stopping."""
+    n_val = max(1, int(round(fraction * len(X))))
+    if n_val >= len(X):
+        raise ValueError(
+            f"validation_fraction={fraction} leaves no training samples out of "
+            f"{len(X)}."
+        )
+    perm = rng.permutation(len(X))
+    return X[perm[n_val:]], y[perm[n_val:]], (X[perm[:n_val]], y[perm[:n_val]])

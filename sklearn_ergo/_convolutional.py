@@ -3,7 +3,7 @@
 ``K`` has shape ``(m, p * p)``: ``m`` filters of size ``p x p`` stored
 row-major.  On an image ``x`` of shape ``(H, W)`` the operator is
 ``(𝒦 x)_j = K P_j x`` where ``P_j`` extracts the ``p x p`` patch at position
-``j`` (``../shared/MATH.md``, section 6).  With the im2col matrix ``C(x)``
+``j`` (``docs/math.md``, section 6).  With the im2col matrix ``C(x)``
 (one row per position) ``𝒦 x = C(x) K^T`` is one GEMM and
 ``𝒦^T Y = col2im(Y K)`` scatters and sums the patch contributions back, so
 the operator implements the protocol of
@@ -36,6 +36,10 @@ crops runs with the same steps on a whole image), costs one small FFT instead
 of a power iteration whose convergence degrades like ``1 / H^2``, and is an
 explicit, exactly differentiable function of ``K``.
 """
+
+import dataclasses
+import functools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -195,9 +199,66 @@ class ConvolutionalOperator:
         Yc = Y.reshape(-1, self.n_filters)
         return Yc.T @ self._columns(X)
 
+    def expand_rows(self, values):
+        """Per-filter values (shape ``(n_filters,)``) spread over a dual row."""
+        # Dual rows are position-major: one n_filters-vector per position.
+        return np.tile(values, self.n_positions)
+
+    def sum_rows(self, Z):
+        """Sum a stack of dual rows ``(N, n_dual)`` per filter: ``(n_filters,)``."""
+        return Z.reshape(-1, self.n_filters).sum(axis=0)
+
     def norm_and_grad(self):
         """Certified upper bound of ``||𝒦||_2`` and its gradient in ``K``.
 
         See :func:`symbol_norm_bound`; the same bound for every image size.
         """
         return symbol_norm_bound(self.weights, self.patch_size)
+
+
+def pad_images(images, patch_size):
+    """Symmetric padding by ``p - 1`` on each side of ``(N, H, W)`` images.
+
+    Border pixels then lie in as many patches as interior ones under the
+    valid convolution; training crops go through the same padding.
+    """
+    w = patch_size - 1
+    return np.pad(images, ((0, 0), (w, w), (w, w)), mode="symmetric")
+
+
+def patch_size_of(K):
+    """Side ``p`` of the square filters in the rows of ``K`` (or ``K_s``)."""
+    return math.isqrt(np.shape(K)[-1])
+
+
+def on_images(umap, shape, patch_size):
+    """``umap`` with the convolutional operator for images of ``shape``."""
+    operator = functools.partial(
+        ConvolutionalOperator, image_shape=shape, patch_size=patch_size
+    )
+    return dataclasses.replace(umap, operator=operator)
+
+
+def images_loss_grad(umap, params, noisy, clean, *, n_jobs=None):
+    """:meth:`UnrolledMap.loss_grad` on ``(N, H, W)`` images (already padded).
+
+    The loss is ``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` over all pixels.
+    """
+    N, H, W = noisy.shape
+    umap = on_images(umap, (H, W), patch_size_of(params["K"]))
+    return umap.loss_grad(
+        params, noisy.reshape(N, H * W), clean.reshape(N, H * W), n_jobs=n_jobs
+    )
+
+
+def denoise_images(umap, params, images, *, pad=True, n_jobs=None):
+    """Apply ``umap`` to ``(N, H, W)`` images, padded first with ``pad=True``."""
+    p = patch_size_of(params["K"])
+    w = p - 1 if pad else 0
+    if pad:
+        images = pad_images(images, p)
+    N, H, W = images.shape
+    out = on_images(umap, (H, W), p).apply(
+        params, images.reshape(N, H * W), n_jobs=n_jobs
+    )
+    return out.reshape(N, H, W)[:, w : H - w, w : W - w]

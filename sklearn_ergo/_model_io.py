@@ -1,0 +1,156 @@
+"""Model files of convolutional :class:`ImageDenoiser` s: save and load.
+
+A model file is a plain ``.npz`` (read with ``allow_pickle=False``) holding
+the filters, the settings of the unrolled map, the learned parameters of a
+reweighted penalty (``eps`` of ``"log"``) and a format marker.
+"""
+
+import math
+import os
+import pathlib
+import zipfile
+
+import numpy as np
+
+from ._image_denoiser import ImageDenoiser
+from ._penalties import PENALTIES
+
+FORMAT = "sklearn-ergo-convolutional-denoiser-1"
+
+_SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
+
+
+def save_denoiser(denoiser, path):
+    """Save a fitted convolutional :class:`ImageDenoiser` to ``path`` (``.npz``).
+
+    As with :func:`numpy.savez`, ``.npz`` is appended to a path without it.
+    The file is written next to its destination and renamed into place, so
+    an interrupted save leaves an existing model file intact.
+
+    Parameters
+    ----------
+    denoiser : ImageDenoiser
+        A fitted denoiser with ``structure="convolutional"``.
+    path : str or path-like
+        Destination file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from sklearn_ergo import load_denoiser, save_denoiser
+    >>> from sklearn_ergo._pretrained import pretrained_denoiser
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.npz"
+    >>> save_denoiser(pretrained_denoiser(25), path)
+    >>> load_denoiser(path).penalty
+    'log'
+    """
+    if denoiser.structure != "convolutional" or not hasattr(denoiser, "components_"):
+        raise ValueError("Only fitted convolutional ImageDenoisers can be saved.")
+    path = pathlib.Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        _write(denoiser, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write(denoiser, path):
+    params = denoiser._params()
+    fields = {
+        "format": np.array(FORMAT),
+        "components": params.pop("K"),
+        "noise_std": np.array(denoiser.noise_std_),
+    }
+    fields.update((key, np.array(getattr(denoiser, key))) for key in _SETTINGS)
+    if params:  # a reweighted penalty: its stages and learned parameters
+        fields["n_stages"] = np.array(denoiser.n_stages)
+        fields.update(params)
+    np.savez(path, **fields)
+
+
+def load_denoiser(path):
+    """Load a denoiser saved by :func:`save_denoiser`; returns a fitted ImageDenoiser.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A model file written by :func:`save_denoiser` (or shipped).
+
+    Returns
+    -------
+    ImageDenoiser
+        Fitted, ready to :meth:`~ImageDenoiser.denoise`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such a model (pickled data is never loaded).
+
+    Examples
+    --------
+    >>> from importlib import resources
+    >>> from sklearn_ergo import load_denoiser
+    >>> ref = resources.files("sklearn_ergo") / "pretrained" / "sigma50.npz"
+    >>> with resources.as_file(ref) as path:
+    ...     den = load_denoiser(path)
+    >>> den.components_.shape
+    (16, 25)
+    """
+    fields = _read_fields(path)
+    if "format" not in fields or str(fields["format"]) != FORMAT:
+        raise ValueError(f"{path!s} is not an sklearn-ergo denoiser ({FORMAT}).")
+    required = {"components", "noise_std", *_SETTINGS}
+    penalty = PENALTIES.get(str(fields.get("penalty")))
+    if penalty is not None and penalty.reweighted:
+        required.update(("n_stages", *penalty.param_names))
+    missing = required - fields.keys()
+    if missing:
+        raise ValueError(f"{path!s} is a damaged model: no {sorted(missing)}.")
+    if penalty is None:
+        raise ValueError(f"{path!s} has an unknown penalty {fields['penalty']!s}.")
+    K = np.asarray(fields["components"], dtype=np.float64)
+    p = math.isqrt(K.shape[1]) if K.ndim == 2 else 0
+    if p < 2 or p * p != K.shape[1] or not np.all(np.isfinite(K)):
+        raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
+    settings = {key: fields[key].item() for key in _SETTINGS}
+    params = {}
+    if penalty.reweighted:
+        settings["n_stages"] = int(fields["n_stages"])
+        params = {
+            name: np.asarray(fields[name], dtype=np.float64)
+            for name in penalty.param_names
+        }
+        if settings["n_stages"] < 1 or not all(
+            value.shape == (K.shape[0],) and np.all((value > 0) & np.isfinite(value))
+            for value in params.values()
+        ):
+            raise ValueError(
+                f"{path!s} holds an invalid {settings['penalty']} penalty "
+                f"({', '.join(params)}, n_stages)."
+            )
+    noise_std = float(fields["noise_std"])
+    den = ImageDenoiser(
+        n_filters=K.shape[0], patch_size=p, noise_std=noise_std, **settings
+    )
+    den.components_, den.noise_std_ = K, noise_std
+    for name, value in params.items():
+        setattr(den, f"{name}_", value)
+    return den
+
+
+def _read_fields(path):
+    """All arrays of an ``.npz`` file, as a ``ValueError`` if it is none."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it is a single array, not an .npz archive")
+        with data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # np.load suggests allow_pickle=True for any file it cannot read: never.
+        pickled = "pickle" in str(exc)
+        reason = "not NumPy arrays (pickled data is never loaded)" if pickled else exc
+        raise ValueError(f"Cannot read a model from {path!s}: {reason}") from exc

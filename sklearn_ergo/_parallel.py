@@ -1,0 +1,84 @@
+"""The one chunked, joblib-parallel driver of every per-sample computation.
+
+Per-sample losses and gradients add up, so a batch is split into chunks of
+rows that are processed independently and summed.  A chunk's tape is
+``O((m + n) L)`` per sample, so the chunk size bounds the memory, and
+cache-sized chunks keep the elementwise steps at cache speed.
+"""
+
+from joblib import effective_n_jobs
+from sklearn.utils import gen_even_slices
+from sklearn.utils.parallel import Parallel, delayed
+from threadpoolctl import ThreadpoolController
+
+# Tape memory per chunk (bytes).  A chunk's tape is written once per layer
+# forward and read once backward: while it stays in the last-level cache the
+# elementwise steps run at cache speed; with 64 MiB tapes every layer streams
+# from DRAM and a gradient was 1.1-1.3x slower (benchmarks/README.md).
+# Memory per worker is bounded by it, whatever N.
+TAPE_BYTES = 16 * 2**20
+# Working set per chunk of a forward pass without tape (prediction): about
+# three layers' iterates, kept within a core's L2 cache.
+FORWARD_BYTES = 2 * 2**20
+# Fewest samples per chunk: below, the per-layer Python overhead and tiny
+# GEMMs dominate (deep unrolls of wide operators have large tapes per sample).
+_MIN_CHUNK = 32
+
+
+def chunk_slices(
+    n_samples, bytes_per_sample, n_jobs, chunk_size=None, *, budget=TAPE_BYTES
+):
+    """Even slices of the rows: at least one per job, each within a byte budget.
+
+    ``bytes_per_sample`` is the memory a chunk holds per row; chunks get
+    ``budget / bytes_per_sample`` rows (at least ``_MIN_CHUNK``) unless
+    ``chunk_size`` is given.
+    """
+    if chunk_size is None:
+        chunk_size = max(_MIN_CHUNK, budget // max(bytes_per_sample, 1))
+    n_chunks = max(
+        -(-n_samples // chunk_size), min(effective_n_jobs(n_jobs), n_samples)
+    )
+    return list(gen_even_slices(n_samples, n_chunks))
+
+
+def one_blas_thread():
+    """Context in which BLAS and LAPACK run single-threaded.
+
+    The solver's matrix products are cache-sized (and ``||K||`` is an SVD of a
+    small matrix): too small for BLAS threads to pay off, and threads that
+    wait for busy cores are ruinous: on a loaded 2-core machine a gradient
+    took 60x longer with two BLAS threads than with one (reproduce with
+    ``benchmarks/bench_fit.py --blas-threads-check``).  Parallelism comes
+    from ``n_jobs`` workers, one core each, so workers x threads never
+    oversubscribe the machine.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:  # inspecting the loaded libraries is slow
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_BLAS_CONTROLLER = None
+
+
+def _in_one_blas_thread(function, *args):
+    with one_blas_thread():
+        return function(*args)
+
+
+def map_chunks(function, slices, n_jobs, *args):
+    """``[function(*args, rows) for rows in slices]``, over ``n_jobs`` workers.
+
+    Every call runs with one BLAS thread.  The whole arrays travel in
+    ``args`` with the chunk's ``rows``: joblib then hands large arrays to
+    process workers as memory maps instead of pickling each chunk.  The BLAS
+    pool is process-wide, so workers that are threads of this process (the
+    threading backend, an in-process dask cluster) would set and restore it
+    concurrently, the first to finish giving all cores back under the others;
+    holding the limit around all of them keeps one thread during the work and
+    restores the caller's setting after.
+    """
+    tasks = (delayed(_in_one_blas_thread)(function, *args, rows) for rows in slices)
+    with one_blas_thread():
+        return Parallel(n_jobs=n_jobs)(tasks)

@@ -1,0 +1,228 @@
+"""Penalties ``F`` of the lower level and the data term ``G``, as small objects.
+
+The unrolled solver touches ``F`` only through its convex conjugate (the dual
+step of Chambolle-Pock, ``docs/math.md``, section 2).  Every conjugate prox
+here maps into a box (``[-1, 1]``, or ``[-b_j, b_j]`` per coordinate for a
+weighted l1 norm) and its derivative vanishes exactly where the output sits on
+the boundary, so the backward pass reads the mask off the stored dual iterate
+(:meth:`active`) instead of storing one.
+
+A convex penalty provides
+
+- ``prox_conjugate(z, sigma, out)``, ``prox_conjugate_slope(sigma)`` and
+  ``active(y, out)`` for the forward and backward passes;
+- ``conjugate_l2``: the ``c`` of a term ``(c / 2) ||y||^2`` in ``F*``, the
+  only way the conjugate prox depends on ``sigma`` (hence on the step rule);
+- ``smooth``: whether ``F`` is differentiable (the implicit mode needs it);
+- ``reweighted = False`` and no learnable parameters.
+
+A non-convex penalty ``sum_j phi(|z_j|)`` with ``phi`` concave is minimised
+by majorize-minimize stages (``docs/math.md``, section 5): stage 1 is the l1
+model, stage ``s`` a weighted l1 problem whose weights are the slopes of
+``phi`` at the previous stage's ``K x``.  Such a penalty has
+``reweighted = True``, names its learnable per-filter parameters in
+``param_names`` and provides ``stage_penalty(w)``, ``weights(z, params)`` and
+``weights_vjp``; the unrolled map (:mod:`._unrolled_map`) does the rest.
+"""
+
+import numbers
+
+import numpy as np
+
+
+class Penalty:
+    """Defaults of a convex, non-smooth penalty without learnable parameters."""
+
+    smooth = False
+    reweighted = False
+    conjugate_l2 = 0.0
+    param_names = ()
+
+    @classmethod
+    def from_settings(cls, *, huber_eps=None):
+        """The penalty for an estimator's settings (most take none)."""
+        return cls()
+
+
+class L1(Penalty):
+    """``F(u) = ||u||_1``; its conjugate is the indicator of the unit ``l_inf`` ball.
+
+    With ``F = ||.||_1`` the scale of the analysis operator is the
+    regularisation weight.
+    """
+
+    def value(self, u):
+        return float(np.abs(u).sum())
+
+    def prox(self, u, tau):
+        """Soft thresholding, ``prox_{tau F}(u)``."""
+        return np.sign(u) * np.maximum(np.abs(u) - tau, 0.0)
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``prox_{sigma F*}(z) = clip(z, -1, 1)``, in place when ``out is z``."""
+        return np.clip(z, -1.0, 1.0, out=out)
+
+    def prox_conjugate_slope(self, sigma):
+        """Derivative of ``prox_{sigma F*}`` where ``|y| < 1`` (zero elsewhere)."""
+        return 1.0
+
+    def active(self, y, out):
+        """``out <- (|y| < 1)``: where ``prox_{sigma F*}`` had a non-zero slope."""
+        np.abs(y, out=out)
+        return np.less(out, 1.0, out=out)
+
+
+class WeightedL1(L1):
+    """``F(u) = sum_j b_j |u_j|`` with per-coordinate weights ``b_j > 0``.
+
+    Its conjugate is the indicator of the box ``|y_j| <= b_j``.  ``bounds``
+    has the shape of the dual iterate (one row per sample); it is the
+    penalty of one majorize-minimize stage of a reweighted penalty.  The
+    backward pass also returns the gradient with respect to ``bounds``
+    (``bound_grad`` of :func:`~sklearn_ergo._chambolle_pock.backward`).
+    """
+
+    def __init__(self, bounds):
+        self.bounds = bounds
+
+    def value(self, u):
+        return float(np.sum(self.bounds * np.abs(u)))
+
+    def prox(self, u, tau):
+        return np.sign(u) * np.maximum(np.abs(u) - tau * self.bounds, 0.0)
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``prox_{sigma F*}(z) = clip(z, -b, b)``, in place when ``out is z``."""
+        return np.clip(z, -self.bounds, self.bounds, out=out)
+
+    def active(self, y, out):
+        """``out <- (|y| < b)``."""
+        np.abs(y, out=out)
+        return np.less(out, self.bounds, out=out)
+
+
+class Huber(L1):
+    """Huber function with parameter ``eps > 0``, a smooth variant of ``||.||_1``.
+
+    ``F(u) = sum_i h(u_i)`` with ``h(t) = t**2 / (2 eps)`` for ``|t| <= eps`` and
+    ``|t| - eps / 2`` otherwise, so that
+    ``F*(y) = i_{||y||_inf <= 1}(y) + (eps / 2) ||y||^2``.
+    """
+
+    smooth = True
+
+    def __init__(self, eps):
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"huber_eps must be a real number, got {eps!r}.")
+        # eps = inf would turn the backward pass's eps * <w, y> into inf * 0.
+        if not (0 < eps < np.inf):
+            raise ValueError(f"huber_eps must be > 0 and finite, got {eps!r}.")
+        self.eps = float(eps)
+
+    @classmethod
+    def from_settings(cls, *, huber_eps=None):
+        return cls(huber_eps)
+
+    @property
+    def conjugate_l2(self):
+        return self.eps
+
+    def value(self, u):
+        a = np.abs(u)
+        return float(
+            np.where(a <= self.eps, a**2 / (2 * self.eps), a - self.eps / 2).sum()
+        )
+
+    def prox(self, u, tau):
+        """``prox_{tau F}(u)``: linear shrinkage near zero, soft thresholding beyond."""
+        inner = np.abs(u) <= self.eps + tau
+        return np.where(inner, u * (self.eps / (self.eps + tau)), u - tau * np.sign(u))
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``prox_{sigma F*}(z) = clip(z / (1 + sigma eps), -1, 1)``."""
+        out = np.multiply(z, 1.0 / (1.0 + sigma * self.eps), out=out)
+        return np.clip(out, -1.0, 1.0, out=out)
+
+    def prox_conjugate_slope(self, sigma):
+        """Derivative of ``prox_{sigma F*}`` where ``|y| < 1`` (zero elsewhere)."""
+        return 1.0 / (1.0 + sigma * self.eps)
+
+
+class Log(Penalty):
+    """``F(z) = sum_j eps_k log(1 + |z_j| / eps_k)``, by reweighted l1 stages.
+
+    One positive scale ``eps_k`` per filter (row of ``K``), learned with it.
+    The penalty is concave in ``|z|``, so its tangent majorises it: a stage
+    linearised at ``z`` is a weighted l1 problem with the slopes
+    ``w = eps / (eps + |z|)`` in ``(0, 1]`` (Candes, Wakin and Boyd 2008).
+    As ``eps -> infinity`` every ``w -> 1`` and the model is the l1 one.
+    """
+
+    reweighted = True
+    param_names = ("eps",)
+
+    def value(self, z, params):
+        eps = params["eps"]
+        return float(np.sum(eps * np.log1p(np.abs(z) / eps)))
+
+    def stage_penalty(self, w):
+        """The convex penalty of a stage: l1 for stage 1 (``w is None``)."""
+        return L1() if w is None else WeightedL1(w)
+
+    def weights(self, z, params):
+        """Slopes ``eps / (eps + |z|)`` of the penalty at ``z``, new array.
+
+        ``params["eps"]`` holds ``eps`` spread over the coordinates of ``z``.
+        """
+        eps = params["eps"]
+        w = np.abs(z)
+        w += eps
+        return np.divide(eps, w, out=w)
+
+    def weights_vjp(self, z, w, params, d_w):
+        """Pull ``d_w`` back through :meth:`weights`; ``d_w`` is overwritten.
+
+        Returns ``d_z`` and ``{"eps": d_eps}``, of the shape of ``z``:
+        ``dw/deps = w (1 - w) / eps`` and ``dw/dz = -sign(z) w^2 / eps``.
+        """
+        eps = params["eps"]
+        d_eps = d_w * w * (1.0 - w) / eps
+        d_z = d_w
+        d_z *= w
+        d_z *= w
+        d_z /= eps
+        d_z *= -np.sign(z)
+        return d_z, {"eps": d_eps}
+
+
+class SquaredL2:
+    """``G(r) = ||r||^2 / 2``, the data term of the denoiser (on the residual)."""
+
+    def value(self, r):
+        return 0.5 * float(np.vdot(r, r))
+
+    def prox(self, z, tau, out=None):
+        """``prox_{tau G}(z) = z / (1 + tau)``."""
+        return np.multiply(z, 1.0 / (1.0 + tau), out=out)
+
+    def prox_slope(self, tau):
+        return 1.0 / (1.0 + tau)
+
+
+#: The penalties an estimator's ``penalty`` string names.
+PENALTIES = {"l1": L1, "huber": Huber, "log": Log}
+
+
+def make_penalty(penalty, *, huber_eps=0.01):
+    """The penalty object for ``penalty``: a name of :data:`PENALTIES` or an object.
+
+    ``huber_eps`` is the parameter of ``"huber"`` (the only penalty with a
+    fixed, non-learned parameter).
+    """
+    if not isinstance(penalty, str):
+        return penalty
+    if penalty not in PENALTIES:
+        raise ValueError(
+            f"penalty must be one of {sorted(PENALTIES)}, got {penalty!r}."
+        )
+    return PENALTIES[penalty].from_settings(huber_eps=huber_eps)

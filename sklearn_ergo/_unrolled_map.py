@@ -1,0 +1,335 @@
+"""The unrolled denoiser as one object: evaluate it, differentiate it.
+
+:class:`UnrolledMap` describes the whole map from noisy samples to their
+denoised versions: the operator factory (dense or convolutional), the
+penalty, the step rule, the output weights and the stages.  Everything that
+evaluates or differentiates the map (the public functions, both estimators,
+the diagnostics) builds one and calls :meth:`~UnrolledMap.loss_grad` or
+:meth:`~UnrolledMap.apply`, which run the pure kernels of
+:mod:`._chambolle_pock` on chunks of samples through the one parallel driver
+of :mod:`._parallel`.
+
+Parameters are a dict of arrays: ``"K"`` and the penalty's learnable
+parameters (``Log``: ``"eps"``, one per row of ``K``).  With
+``per_stage=True`` each array has a leading axis of ``n_stages``: stage ``s``
+has its own operator ``K_s`` and penalty parameters (stage 1 of a reweighted
+penalty is the l1 model and uses none of them).  Gradients come back in the
+same structure.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._chambolle_pock import backward, forward
+from ._implicit import check_implicit_penalty, implicit_denoise, implicit_loss_grad
+from ._operators import DenseOperator
+from ._parallel import FORWARD_BYTES, chunk_slices, map_chunks, one_blas_thread
+from ._penalties import L1
+from ._steps import ScaledSteps, add_step_rule_grad
+
+UNROLL_MODES = ("last", "ergodic", "implicit")
+
+
+def output_weights(n_layers, unroll, ergodic_weights="uniform"):
+    """Weights ``alpha`` of the iterates ``r^[1..L]`` in the output.
+
+    Parameters
+    ----------
+    n_layers : int
+    unroll : {"last", "ergodic"}
+        ``"last"`` returns ``r^[L]``; ``"ergodic"`` an average of all iterates.
+    ergodic_weights : {"uniform", "linear"} or array-like of shape (n_layers,)
+        Weighting of the ergodic average: ``alpha_l = 1 / L``,
+        ``alpha_l ∝ l``, or explicit non-negative weights (normalised to sum
+        to 1).  Ignored for ``unroll="last"``.
+
+    Returns
+    -------
+    alpha : ndarray of shape (n_layers,)
+    """
+    if unroll == "last":
+        alpha = np.zeros(n_layers)
+        alpha[-1] = 1.0
+        return alpha
+    if unroll != "ergodic":
+        raise ValueError(f"unroll must be one of {UNROLL_MODES}, got {unroll!r}.")
+    if isinstance(ergodic_weights, str):
+        if ergodic_weights == "uniform":
+            alpha = np.ones(n_layers)
+        elif ergodic_weights == "linear":
+            alpha = np.arange(1.0, n_layers + 1)
+        else:
+            raise ValueError(
+                "ergodic_weights must be 'uniform', 'linear' or an array, "
+                f"got {ergodic_weights!r}."
+            )
+    else:
+        alpha = np.asarray(ergodic_weights, dtype=np.float64)
+        if alpha.shape != (n_layers,):
+            raise ValueError(
+                f"ergodic_weights has shape {alpha.shape}; expected ({n_layers},) "
+                "to match n_layers."
+            )
+        if not np.all(np.isfinite(alpha)) or np.any(alpha < 0) or alpha.sum() <= 0:
+            raise ValueError(
+                "ergodic_weights must be finite, non-negative and not all zero."
+            )
+    return alpha / alpha.sum()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's parameters with the steps derived from its operator."""
+
+    K: np.ndarray
+    params: dict
+    steps: Any
+    norm: float
+    norm_grad: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class UnrolledMap:
+    """``n_stages`` x ``n_layers`` unrolled Chambolle-Pock iterations from ``x~``.
+
+    Parameters
+    ----------
+    n_layers : int
+        Iterations per stage (unused by ``unroll="implicit"``).
+    unroll : {"last", "ergodic", "implicit"}
+        Output of a stage: the last iterate, an ergodic average with
+        ``ergodic_weights``, or the exact minimiser with the implicit
+        gradient (a smooth penalty, one stage, computed in float64).
+    ergodic_weights : {"uniform", "linear"} or array-like
+        See :func:`output_weights`.
+    penalty : penalty object
+        See :mod:`._penalties`.  A reweighted penalty runs ``n_stages``
+        majorize-minimize stages, each from ``x = x~``; stage ``s > 1``
+        takes its weights from ``K_s x^(s-1)``.
+    steps : step rule
+        See :mod:`._steps`.
+    operator : callable
+        ``operator(K)`` builds the operator (``DenseOperator``, or a
+        ``functools.partial`` of ``ConvolutionalOperator``); it must be
+        picklable for process workers.
+    n_stages : int
+    per_stage : bool
+        Whether every stage has its own parameters (leading stage axis).
+    """
+
+    n_layers: int
+    unroll: str = "last"
+    ergodic_weights: Any = "uniform"
+    penalty: Any = field(default_factory=L1)
+    steps: Any = field(default_factory=ScaledSteps)
+    operator: Callable = DenseOperator
+    n_stages: int = 1
+    per_stage: bool = False
+
+    def __post_init__(self):
+        if self.unroll == "implicit":
+            check_implicit_penalty(self.penalty)
+            alpha = None
+        else:
+            alpha = output_weights(self.n_layers, self.unroll, self.ergodic_weights)
+        if self.n_stages > 1 and not self.penalty.reweighted:
+            raise ValueError(
+                "Stages run from x~ and only a reweighted penalty couples them: "
+                f"n_stages={self.n_stages} needs a penalty such as 'log'."
+            )
+        object.__setattr__(self, "alpha", alpha)
+
+    @property
+    def param_names(self):
+        return ("K", *self.penalty.param_names)
+
+    # -- parameters --------------------------------------------------------
+    def stages(self, params):
+        """Every stage's :class:`Stage` (the steps from its operator's norm)."""
+        n_distinct = self.n_stages if self.per_stage else 1
+        stages = []
+        for s in range(n_distinct):
+            K = params["K"][s] if self.per_stage else params["K"]
+            with one_blas_thread():
+                norm, norm_grad = self.operator(K).norm_and_grad()
+            steps = self.steps.schedule(norm, self.n_layers, K.dtype)
+            theta = {
+                name: params[name][s] if self.per_stage else params[name]
+                for name in self.penalty.param_names
+            }
+            stages.append(Stage(K, theta, steps, norm, norm_grad))
+        return stages * (self.n_stages // n_distinct)
+
+    # -- one chunk, in this process ----------------------------------------
+    def forward(self, stages, X, *, record=False):
+        """Output for the rows ``X`` and, with ``record``, every stage's tape."""
+        x, tapes = None, []
+        for s, stage in enumerate(stages):
+            op = self.operator(stage.K)
+            penalty, z, w = self.penalty, None, None
+            if self.penalty.reweighted:
+                if s:
+                    z = op.apply(x)
+                    w = self.penalty.weights(z, self._expand(op, stage, X.dtype))
+                penalty = self.penalty.stage_penalty(w)
+            x_in = x
+            x, tape = forward(op, X, stage.steps, penalty, self.alpha, record=record)
+            if record:
+                tapes.append((x_in, z, w, tape))
+        return x, tapes
+
+    def backward(self, stages, X, tapes, g, *, on_layer=None):
+        """Gradients of ``<g, output>`` per stage, at fixed steps.
+
+        Returns a list (per stage) of ``(grads, sigma_sens, tau_sens)``,
+        ``grads`` a dict of the stage's parameters; ``on_layer`` is passed to
+        :func:`~sklearn_ergo._chambolle_pock.backward`.
+        """
+        out = [None] * len(stages)
+        for s in reversed(range(len(stages))):
+            stage = stages[s]
+            x_in, z, w, tape = tapes[s]
+            op = self.operator(stage.K)
+            penalty = self.penalty
+            if self.penalty.reweighted:
+                penalty = self.penalty.stage_penalty(w)
+            bound_grad = None if w is None else np.zeros_like(w)
+            grad_D, grad_P, sigma_sens, tau_sens = backward(
+                op,
+                X,
+                tape,
+                stage.steps,
+                penalty,
+                self.alpha,
+                g,
+                on_layer=on_layer,
+                bound_grad=bound_grad,
+            )
+            grad_D -= grad_P
+            grads = {"K": grad_D}
+            grads.update(
+                (name, np.zeros(len(stage.K), dtype=X.dtype))
+                for name in self.penalty.param_names
+            )
+            if w is not None:
+                # The weights of stage s pass the adjoint of its box bounds
+                # on to K_s, the penalty's parameters and the stage before.
+                params = self._expand(op, stage, X.dtype)
+                d_z, d_params = self.penalty.weights_vjp(z, w, params, bound_grad)
+                for name, d in d_params.items():
+                    grads[name] = op.sum_rows(d)
+                grads["K"] += op.weight_grad(d_z, x_in)
+                g = op.adjoint(d_z)
+            out[s] = (grads, sigma_sens, tau_sens)
+        return out
+
+    def _expand(self, op, stage, dtype):
+        """The stage's per-row penalty parameters spread over the dual."""
+        return {
+            name: op.expand_rows(np.asarray(value, dtype=dtype))
+            for name, value in stage.params.items()
+        }
+
+    def _tape_bytes(self, op, itemsize):
+        per_stage = (self.n_layers + 1) * (op.n_primal + op.n_dual) * itemsize
+        return self.n_stages * per_stage
+
+    # -- whole batches -----------------------------------------------------
+    def loss_grad(self, params, X_noisy, X_clean, *, n_jobs=None, chunk_size=None):
+        """Loss ``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` and its exact gradients.
+
+        ``X_noisy``, ``X_clean`` are validated 2-D arrays of one dtype, one
+        sample per row.  Returns ``(loss, grads)``, ``grads`` shaped like
+        ``params``; the dependence of the steps on ``K`` is included.
+        """
+        if self.unroll == "implicit":
+            loss, grad = implicit_loss_grad(
+                params["K"],
+                X_noisy,
+                X_clean,
+                self.penalty,
+                n_jobs=n_jobs,
+                chunk_size=chunk_size,
+            )
+            return loss, {"K": grad}
+        stages = self.stages(params)
+        op = self.operator(stages[0].K)
+        slices = chunk_slices(
+            len(X_noisy), self._tape_bytes(op, X_noisy.itemsize), n_jobs, chunk_size
+        )
+        results = map_chunks(
+            _chunk_loss_grad, slices, n_jobs, self, stages, X_noisy, X_clean
+        )
+        loss = sum(r[0] for r in results)
+        per_stage = [
+            (
+                {name: sum(r[1][s][0][name] for r in results) for name in params},
+                sum(r[1][s][1] for r in results),
+                sum(r[1][s][2] for r in results),
+            )
+            for s in range(self.n_stages)
+        ]
+        if not self.per_stage:
+            # Shared parameters: the stages' gradients add up, and the steps
+            # of every stage come from the one norm.
+            per_stage = [
+                (
+                    {name: sum(p[0][name] for p in per_stage) for name in params},
+                    sum(p[1] for p in per_stage),
+                    sum(p[2] for p in per_stage),
+                )
+            ]
+        for (grads, sigma_sens, tau_sens), stage in zip(
+            per_stage, stages, strict=False
+        ):
+            add_step_rule_grad(
+                grads["K"],
+                stage.steps,
+                stage.norm,
+                stage.norm_grad,
+                sigma_sens,
+                tau_sens,
+            )
+        grads = {
+            name: np.stack([p[0][name] for p in per_stage])
+            if self.per_stage
+            else per_stage[0][0][name]
+            for name in params
+        }
+        return loss, {
+            name: g.astype(np.asarray(params[name]).dtype, copy=False)
+            for name, g in grads.items()
+        }
+
+    def apply(self, params, X_noisy, *, n_jobs=None, chunk_size=None):
+        """The map's output for every row of ``X_noisy`` (validated, 2-D)."""
+        if self.unroll == "implicit":
+            return implicit_denoise(
+                params["K"], X_noisy, self.penalty, n_jobs=n_jobs, chunk_size=chunk_size
+            )
+        stages = self.stages(params)
+        op = self.operator(stages[0].K)
+        # No tape: about three layers' iterates per row, kept in cache.
+        per_row = 3 * (op.n_primal + op.n_dual) * X_noisy.itemsize
+        slices = chunk_slices(
+            len(X_noisy), per_row, n_jobs, chunk_size, budget=FORWARD_BYTES
+        )
+        parts = map_chunks(_chunk_apply, slices, n_jobs, self, stages, X_noisy)
+        return np.concatenate(parts) if parts else np.empty_like(X_noisy)
+
+
+def _chunk_loss_grad(umap, stages, X_noisy, X_clean, rows):
+    X = X_noisy[rows]
+    X_hat, tapes = umap.forward(stages, X, record=True)
+    g = X_hat - X_clean[rows]
+    n_total = len(X_noisy)
+    loss = 0.5 * float(np.vdot(g, g)) / n_total
+    g /= n_total
+    return loss, umap.backward(stages, X, tapes, g)
+
+
+def _chunk_apply(umap, stages, X_noisy, rows):
+    return umap.forward(stages, X_noisy[rows])[0]
