@@ -147,8 +147,30 @@ class UnrolledMap:
         return ("K", *self.penalty.param_names)
 
     # -- parameters --------------------------------------------------------
+    def check_params(self, params):
+        """Raise ``ValueError`` unless ``params`` fit this map."""
+        if set(params) != set(self.param_names):
+            raise ValueError(
+                f"params must hold {self.param_names}, got {tuple(params)}."
+            )
+        lead = (self.n_stages,) if self.per_stage else ()
+        K = params["K"]
+        if np.ndim(K) != len(lead) + 2 or np.shape(K)[: len(lead)] != lead:
+            raise ValueError(
+                f"K must have shape {(*lead, 'm', 'n')}, got {np.shape(K)}."
+            )
+        rows = (*lead, np.shape(K)[-2])
+        for name in self.penalty.param_names:
+            value = np.asarray(params[name])
+            if value.shape != rows or not np.all((value > 0) & np.isfinite(value)):
+                raise ValueError(
+                    f"{name} must hold {rows} positive finite numbers (one per "
+                    f"row of K), got {value!r}."
+                )
+
     def stages(self, params):
         """Every stage's :class:`Stage` (the steps from its operator's norm)."""
+        self.check_params(params)
         n_distinct = self.n_stages if self.per_stage else 1
         stages = []
         for s in range(n_distinct):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from sklearn_ergo._prox import Huber, L1Norm, SquaredL2, make_penalty
+from sklearn_ergo._penalties import L1, Huber, Log, SquaredL2, make_penalty
 
-PENALTIES = [L1Norm(), Huber(0.3)]
+PENALTIES = [L1(), Huber(0.3)]
 
 
 @pytest.mark.parametrize("F", PENALTIES, ids=["l1", "huber"])
@@ -53,6 +53,44 @@ def test_squared_l2_prox():
 
 def test_make_penalty_errors():
     with pytest.raises(ValueError, match="penalty must be"):
-        make_penalty("l2", 0.1)
+        make_penalty("l2")
     with pytest.raises(ValueError, match="huber_eps must be > 0"):
-        make_penalty("huber", 0.0)
+        make_penalty("huber", huber_eps=0.0)
+    huber = Huber(0.1)
+    assert make_penalty(huber) is huber  # an object is used as given
+
+
+def test_flags():
+    assert not L1().smooth and Huber(0.1).smooth
+    assert L1().conjugate_l2 == 0.0 and Huber(0.25).conjugate_l2 == 0.25
+    assert Log().reweighted and not L1().reweighted
+    assert Log().param_names == ("eps",) and L1().param_names == ()
+
+
+def test_log_weights_and_their_derivatives():
+    rng = np.random.default_rng(0)
+    F = Log()
+    z = rng.standard_normal(20)
+    eps = np.exp(rng.uniform(-2, 1, size=20))
+    w = F.weights(z, {"eps": eps})
+    assert np.all((0 < w) & (w <= 1))
+    # The weights are the slopes of the penalty: phi'(|z|) = eps / (eps + |z|).
+    h = 1e-6
+    a = np.abs(z)
+    fd = (
+        eps * np.log1p((a + h) / eps) - eps * np.log1p(np.maximum(a - h, 0) / eps)
+    ) / (2 * h)
+    np.testing.assert_allclose(w, fd, rtol=1e-6)
+    # weights_vjp against central differences in z and eps.
+    d_w = rng.standard_normal(20)
+    d_z, d_params = F.weights_vjp(z, w, {"eps": eps}, d_w.copy())
+    for x, name in ((z, "z"), (eps, "eps")):
+        e = h * rng.standard_normal(20)
+
+        def f(v, name=name):
+            args = (v, eps) if name == "z" else (z, v)
+            return float(d_w @ F.weights(args[0], {"eps": args[1]}))
+
+        fd = (f(x + e) - f(x - e)) / 2
+        grad = d_z if name == "z" else d_params["eps"]
+        assert abs(fd - grad @ e) <= 1e-6 * abs(fd)
