@@ -1,7 +1,7 @@
 """Unrolled Chambolle-Pock on the residual, with its exact backward pass.
 
 Pure NumPy, no scikit-learn: the forward pass records a tape of iterates, the
-backward pass walks it in reverse (``docs/math.md``, sections 2 and 3, and
+backward pass walks it in reverse (``docs/math.md``, sections 3 and 5, and
 the docstring of :func:`backward`).  Samples are rows.  Step sizes are per layer so
 that schedules other than a constant step (e.g. accelerated variants) share
 the same recursion; layer ``l`` (1-based) uses ``sigma[l-1]``, ``tau[l-1]``,

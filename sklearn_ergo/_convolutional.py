@@ -3,7 +3,7 @@
 ``K`` has shape ``(m, p * p)``: ``m`` filters of size ``p x p`` stored
 row-major.  On an image ``x`` of shape ``(H, W)`` the operator is
 ``(𝒦 x)_j = K P_j x`` where ``P_j`` extracts the ``p x p`` patch at position
-``j`` (``docs/math.md``, section 6).  With the im2col matrix ``C(x)``
+``j`` (``docs/math.md``, section 8).  With the im2col matrix ``C(x)``
 (one row per position) ``𝒦 x = C(x) K^T`` is one GEMM and
 ``𝒦^T Y = col2im(Y K)`` scatters and sums the patch contributions back, so
 the operator implements the protocol of

@@ -1,6 +1,6 @@
 r"""The true bilevel gradient, by implicit differentiation of the lower level.
 
-For the Huber penalty ``F`` (smooth, ``docs/math.md``, section 1) the
+For the Huber penalty ``F`` (smooth, ``docs/math.md``, section 7) the
 lower-level problem
 
 .. math::

@@ -1,7 +1,7 @@
 """Penalties ``F`` of the lower level and the data term ``G``, as small objects.
 
 The unrolled solver touches ``F`` only through its convex conjugate (the dual
-step of Chambolle-Pock, ``docs/math.md``, section 2).  Every conjugate prox
+step of Chambolle-Pock, ``docs/math.md``, sections 2 and 3).  Every conjugate prox
 here maps into a box (``[-1, 1]``, or ``[-b_j, b_j]`` per coordinate for a
 weighted l1 norm) and its derivative vanishes exactly where the output sits on
 the boundary, so the backward pass reads the mask off the stored dual iterate
@@ -17,7 +17,7 @@ A convex penalty provides
 - ``reweighted = False`` and no learnable parameters.
 
 A non-convex penalty ``sum_j phi(|z_j|)`` with ``phi`` concave is minimised
-by majorize-minimize stages (``docs/math.md``, section 5): stage 1 is the l1
+by majorize-minimize stages (``docs/math.md``, section 6): stage 1 is the l1
 model, stage ``s`` a weighted l1 problem whose weights are the slopes of
 ``phi`` at the previous stage's ``K x``.  Such a penalty has
 ``reweighted = True``, names its learnable per-filter parameters in

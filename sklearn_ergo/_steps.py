@@ -5,7 +5,7 @@ steps ``sigma_l, tau_l, theta_l`` with ``sigma_l tau_l ||K||^2 < 1``.  Steps
 that depend on ``K`` are part of the map being differentiated: a rule records
 the powers ``sigma_l ∝ ||K||^-a``, ``tau_l ∝ ||K||^-b`` and
 :func:`add_step_rule_grad` adds their share of the gradient
-(``docs/math.md``, section 3).
+(``docs/math.md``, sections 4 and 5).
 
 Rules
 -----

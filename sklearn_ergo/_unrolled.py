@@ -96,7 +96,7 @@ def unrolled_loss_grad(
     iterate or an ergodic average; the loss is
     ``(1 / N) sum_i ||x^_i - x_i||^2 / 2``.  The gradient is that of the map
     actually computed, including, for the default step rule, the dependence of
-    the steps on ``K`` (``docs/math.md``, section 3).
+    the steps on ``K`` (``docs/math.md``, sections 4 and 5).
 
     Parameters
     ----------
@@ -112,7 +112,7 @@ def unrolled_loss_grad(
         ``"implicit"``, the exact solution of the lower-level problem with the
         true bilevel gradient by implicit differentiation (needs a smooth
         penalty such as ``"huber"``; computed in float64; ``docs/math.md``,
-        section 4).
+        section 7).
     ergodic_weights : {"uniform", "linear"} or array-like, default="uniform"
         Weights ``alpha_l`` of the ergodic average: ``1 / L``, ``∝ l``, or
         explicit non-negative weights of length ``n_layers`` (normalised).

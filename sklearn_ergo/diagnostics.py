@@ -1,9 +1,9 @@
 """Per-layer diagnostics of the backward pass of the unrolled denoiser.
 
-The backward recursion (``docs/math.md``, section 3) is a linear
+The backward recursion (``docs/math.md``, section 5) is a linear
 recurrence through the masks of the prox derivatives.  When the last iterate
 is unrolled deep, the signal that reaches early layers can shrink and drift
-into ``ker(K)`` / ``ker(K^T)``, where it says nothing about ``K`` (section 7).
+into ``ker(K)`` / ``ker(K^T)``, where it says nothing about ``K`` (section 10).
 :func:`backprop_profile` records, for every layer, how large the adjoint
 variables are, how much of them lies outside those kernels, and how much the
 layer contributes to the gradient.  It observes the core backward pass through

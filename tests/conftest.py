@@ -23,3 +23,13 @@ def fd_relative_error(f, x, grad, rng, h=1e-6):
     d = rng.standard_normal(np.shape(x))
     fd = directional_fd(f, x, d, h)
     return abs(fd - np.vdot(grad, d)) / abs(fd)
+
+
+def fd_gradient(f, x, h=1e-6):
+    """The whole gradient of a scalar ``f`` at ``x`` by central differences."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = 1.0
+        grad[idx] = directional_fd(f, x, e, h)
+    return grad

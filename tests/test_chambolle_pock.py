@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from sklearn_ergo._chambolle_pock import backward, constant_steps, forward
+from sklearn_ergo._chambolle_pock import backward, forward
 from sklearn_ergo._operators import DenseOperator
-from sklearn_ergo._prox import Huber, L1Norm
-from sklearn_ergo._unrolled import output_weights
+from sklearn_ergo._penalties import L1, Huber
+from sklearn_ergo._steps import constant_steps
+from sklearn_ergo._unrolled_map import output_weights
 
 
 def textbook_chambolle_pock(K, x_noisy, F, sigma, tau, n_layers):
@@ -23,7 +24,7 @@ def textbook_chambolle_pock(K, x_noisy, F, sigma, tau, n_layers):
     return np.array(iterates)
 
 
-@pytest.mark.parametrize("F", [L1Norm(), Huber(0.2)], ids=["l1", "huber"])
+@pytest.mark.parametrize("F", [L1(), Huber(0.2)], ids=["l1", "huber"])
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
 def test_forward_matches_textbook_iteration(F, unroll):
     rng = np.random.default_rng(1)
@@ -61,7 +62,7 @@ def test_forward_converges_to_the_minimiser():
 def test_backward_calls_layer_hook_in_reverse_order():
     rng = np.random.default_rng(3)
     K, X = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
-    L, F = 6, L1Norm()
+    L, F = 6, L1()
     steps = constant_steps(0.5, 0.5 / np.linalg.norm(K, 2) ** 2, L)
     alpha = output_weights(L, "ergodic")
     op = DenseOperator(K)
@@ -85,7 +86,7 @@ def test_record_does_not_change_the_output():
     K, X = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
     steps = constant_steps(0.3, 0.3, 9)
     alpha = output_weights(9, "ergodic", "linear")
-    a, _ = forward(DenseOperator(K), X, steps, L1Norm(), alpha)
-    b, (R, Y) = forward(DenseOperator(K), X, steps, L1Norm(), alpha, record=True)
+    a, _ = forward(DenseOperator(K), X, steps, L1(), alpha)
+    b, (R, Y) = forward(DenseOperator(K), X, steps, L1(), alpha, record=True)
     np.testing.assert_array_equal(a, b)
     assert R.shape == (10, 5, 3) and Y.shape == (9, 5, 4)

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
+from sklearn_ergo import load_denoiser
 from sklearn_ergo._cli import main
-from sklearn_ergo._pretrained import load_denoiser
 
 Image = pytest.importorskip("PIL.Image")
 

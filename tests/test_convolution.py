@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 from joblib import parallel_config
 from scipy.sparse.linalg import LinearOperator, svds
-
-from sklearn_ergo._convolution import (
-    BOUNDARIES,
-    ConvolutionalOperator,
-    symbol_norm_bound,
-)
 from sklearn_ergo._prox import make_penalty
-from sklearn_ergo._unrolled import _loss_grad, output_weights, step_schedule
 from sklearn_ergo.image import (
     accelerated_steps,
     convolutional_denoise,
@@ -21,6 +14,13 @@ from sklearn_ergo.image import (
     initial_filters,
     tv_filters,
 )
+
+from sklearn_ergo._convolutional import (
+    BOUNDARIES,
+    ConvolutionalOperator,
+    symbol_norm_bound,
+)
+from sklearn_ergo._unrolled import _loss_grad, output_weights, step_schedule
 
 TV2 = np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]])
 
@@ -145,7 +145,7 @@ def test_gradient_core_step_rule(boundary, unroll, penalty, steps):
         ConvolutionalOperator, image_shape=(H, W), patch_size=3, boundary=boundary
     )
     alpha = output_weights(7, unroll)
-    pen = make_penalty(penalty, 0.01)
+    pen = make_penalty(penalty, huber_eps=0.01)
 
     def f(K):
         sched, norm, norm_grad = step_schedule(make_op(K), 7, *(steps or (None, None)))

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import fd_gradient
 
 from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise, unrolled_loss_grad
-from sklearn_ergo._chambolle_pock import constant_steps
-from sklearn_ergo._prox import make_penalty
-from sklearn_ergo._unrolled import output_weights
+from sklearn_ergo._penalties import make_penalty
+from sklearn_ergo._steps import FixedSteps
+from sklearn_ergo._unrolled_map import UnrolledMap, output_weights
 from sklearn_ergo.diagnostics import (
     PROFILE_KEYS,
     _record_layers,
@@ -38,15 +39,6 @@ def _naive_loss(Ks, X_noisy, X_clean, alpha, pen, e_P, e_D):
     return 0.5 * np.vdot(residual, residual) / len(X_noisy)
 
 
-def _central_difference(f, x, h=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[idx] = h
-        grad[idx] = (f(x + e) - f(x - e)) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
 @pytest.mark.parametrize("penalty", ["l1", "huber"])
 def test_profile_matches_brute_force(unroll, penalty):
@@ -59,17 +51,17 @@ def test_profile_matches_brute_force(unroll, penalty):
     X_clean = rng.standard_normal((N, n))
     X_noisy = X_clean + 0.5 * rng.standard_normal((N, n))
     alpha = output_weights(L, unroll)
-    pen = make_penalty(penalty, 0.05)
+    pen = make_penalty(penalty, huber_eps=0.05)
     m = K.shape[0]
     zeros_P, zeros_D = np.zeros((L, N, n)), np.zeros((L, N, m))
 
     def loss_of(e_P=zeros_P, e_D=zeros_D, Ks=(K,) * L):
         return _naive_loss(list(Ks), X_noisy, X_clean, alpha, pen, e_P, e_D)
 
-    delta_P = _central_difference(lambda e: loss_of(e_P=e), zeros_P)
-    delta_D = _central_difference(lambda e: loss_of(e_D=e), zeros_D)
+    delta_P = fd_gradient(lambda e: loss_of(e_P=e), zeros_P)
+    delta_D = fd_gradient(lambda e: loss_of(e_D=e), zeros_D)
     Ks = np.broadcast_to(K, (L, *K.shape)).copy()
-    terms = _central_difference(lambda k: loss_of(Ks=k), Ks)
+    terms = fd_gradient(lambda k: loss_of(Ks=k), Ks)
 
     prof = backprop_profile(
         K,
@@ -164,11 +156,8 @@ def test_gradient_terms_add_up(unroll):
     X_clean = rng.standard_normal((N, n))
     X_noisy = X_clean + 0.3 * rng.standard_normal((N, n))
     sigma = tau = 0.9 / np.linalg.norm(K, 2)
-    alpha = output_weights(L, unroll, "linear")
-    steps = constant_steps(sigma, tau, L)
-    _, terms = _record_layers(
-        K, X_noisy, X_clean, steps, make_penalty("l1", 0.0), alpha, chunk_size=4
-    )
+    umap = UnrolledMap(L, unroll, "linear", steps=FixedSteps(sigma, tau))
+    _, terms = _record_layers(umap, K, X_noisy, X_clean, chunk_size=4)
     _, grad = unrolled_loss_grad(
         K,
         X_noisy,

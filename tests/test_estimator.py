@@ -103,15 +103,15 @@ def test_n_jobs_does_not_change_the_fit(pairs):
 
 
 def test_monitored_loss_in_blocks_matches_the_whole_batch(pairs, monkeypatch):
-    import sklearn_ergo._estimator as estimator_module
+    import sklearn_ergo._analysis_operator as estimator_module
 
     X, Y = pairs
     est = small(max_iter=2).fit(X, Y)
-    alpha, pen = est._model()
+    umap = est._map()
     Xs, Ys = X / est.scale_, Y / est.scale_
-    whole = est._loss(est.components_, Xs, Ys, alpha, pen)
+    whole = est._loss(umap, est.components_, Xs, Ys)
     monkeypatch.setattr(estimator_module, "_LOSS_BLOCK", 7)  # uneven blocks
-    blocked = est._loss(est.components_, Xs, Ys, alpha, pen)
+    blocked = est._loss(umap, est.components_, Xs, Ys)
     assert blocked == pytest.approx(whole, rel=1e-12)
     residual = est.predict(X) / est.scale_ - Ys
     assert whole == pytest.approx(0.5 * np.sum(residual**2) / len(X), rel=1e-12)

@@ -5,12 +5,12 @@ import functools
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn_ergo._prox import make_penalty
+from sklearn_ergo.image import convolutional_denoise, pad_images, tv_filters
 
 from sklearn_ergo import ImageDenoiser
-from sklearn_ergo._convolution import ConvolutionalOperator
-from sklearn_ergo._prox import make_penalty
+from sklearn_ergo._convolutional import ConvolutionalOperator
 from sklearn_ergo._unrolled import _denoise, output_weights, step_schedule
-from sklearn_ergo.image import convolutional_denoise, pad_images, tv_filters
 
 SIGMA = 0.1
 
@@ -177,7 +177,7 @@ def test_accelerated_schedule_converges_to_the_same_minimiser():
         K,
         padded,
         steps,
-        make_penalty("l1", 0.0),
+        make_penalty("l1", huber_eps=0.0),
         output_weights(4000, "last"),
         make_op=make_op,
     ).reshape(26, 26)[1:-1, 1:-1]

@@ -7,11 +7,11 @@ float32; any chunking and ``n_jobs``.
 
 import numpy as np
 import pytest
+from sklearn_ergo._prox import make_penalty
 
 from sklearn_ergo import unrolled_loss_grad
 from sklearn_ergo._chambolle_pock import StepSchedule, backward, forward, fused
 from sklearn_ergo._operators import DenseOperator
-from sklearn_ergo._prox import make_penalty
 from sklearn_ergo._unrolled import _CHUNK_BYTES, chunk_slices, output_weights
 
 
@@ -100,7 +100,7 @@ def test_kernels_match_reference(make_op, unroll, penalty, shape):
     K, X, X_clean = problem(*shape)
     L = 6
     steps = varying_steps(K, L, rng)
-    pen = make_penalty(penalty, 0.05)
+    pen = make_penalty(penalty, huber_eps=0.05)
     alpha = output_weights(L, unroll, rng.uniform(size=L))
     seen = {}
 
@@ -177,7 +177,7 @@ def test_float32_end_to_end(unroll, penalty):
     steps = StepSchedule(np.full(3, 0.5), np.full(3, 0.5), np.ones(3))
     X32 = X.astype(np.float32)
     alpha = output_weights(3, unroll)
-    pen = make_penalty(penalty, 0.01)
+    pen = make_penalty(penalty, huber_eps=0.01)
     X_hat, (R, Y) = forward(op, X32, steps, pen, alpha, record=True)
     assert X_hat.dtype == R.dtype == Y.dtype == np.float32
     out = backward(op, X32, (R, Y), steps, pen, alpha, X32)

@@ -258,12 +258,12 @@ def test_invalid_operator_is_refused(case):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"chunk_size": 0}, "chunk_size must be a positive integer"),
-        ({"chunk_size": 2.5}, "chunk_size must be a positive integer"),
-        ({"penalty": "huber", "huber_eps": np.inf}, "huber_eps must be > 0"),
-        ({"penalty": "huber", "huber_eps": "0.1"}, "huber_eps must be a real"),
-        ({"n_layers": 0}, "n_layers must be a positive integer"),
-        ({"sigma": np.nan, "tau": 0.5}, "sigma must be a positive finite"),
+        ({"chunk_size": 0}, "'chunk_size' parameter of unrolled_loss_grad"),
+        ({"chunk_size": 2.5}, "'chunk_size' parameter of unrolled_loss_grad"),
+        ({"penalty": "huber", "huber_eps": np.inf}, "'huber_eps' parameter"),
+        ({"penalty": "huber", "huber_eps": "0.1"}, "'huber_eps' parameter"),
+        ({"n_layers": 0}, "'n_layers' parameter of unrolled_loss_grad"),
+        ({"sigma": np.nan, "tau": 0.5}, "'sigma' parameter of unrolled_loss_grad"),
         ({"sigma": 1e200, "tau": 1e200}, "sigma \\* tau overflows"),
     ],
 )

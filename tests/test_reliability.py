@@ -17,8 +17,9 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import sklearn_ergo._estimator as estimator_module
-import sklearn_ergo._unrolled as unrolled_module
+import sklearn_ergo._analysis_operator as estimator_module
+import sklearn_ergo._unrolled_map as unrolled_module
+from sklearn_ergo._unrolled_map import UnrolledMap
 from sklearn_ergo import AnalysisOperatorLearner, unrolled_loss_grad
 
 
@@ -43,7 +44,7 @@ def quiet_fit(est, X, Y):
 
 def normalised_loss(est, X, Y):
     """The training loss of ``components_`` (on data divided by ``scale_``)."""
-    return est._loss(est.components_, X / est.scale_, Y / est.scale_, *est._model())
+    return est._loss(est._map(), est.components_, X / est.scale_, Y / est.scale_)
 
 
 # -- 2. scale ------------------------------------------------------------------
@@ -114,20 +115,20 @@ def test_raw_loss_is_homogeneous_with_explicit_steps():
 
 
 def inject(monkeypatch, after, fault):
-    """Make the estimator's loss/gradient misbehave after ``after`` calls."""
-    original = estimator_module._loss_grad
+    """Make the unrolled map's loss/gradient misbehave after ``after`` calls."""
+    original = UnrolledMap.loss_grad
     calls = []
 
     def faulty(*args, **kwargs):
         calls.append(None)
         if len(calls) > after:
             if fault == "nan":
-                loss, grad = original(*args, **kwargs)
-                return np.nan, np.full_like(grad, np.nan)
+                loss, grads = original(*args, **kwargs)
+                return np.nan, {"K": np.full_like(grads["K"], np.nan)}
             raise fault
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "_loss_grad", faulty)
+    monkeypatch.setattr(UnrolledMap, "loss_grad", faulty)
     return calls
 
 
@@ -156,7 +157,7 @@ def test_keyboard_interrupt_before_any_iteration_keeps_start(monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(estimator_module, "_denoise", interrupted)
+    monkeypatch.setattr(UnrolledMap, "apply", interrupted)
     est = learner(init=K0)
     with pytest.warns(UserWarning, match="interrupted"):
         est.fit(X, Y)
@@ -448,7 +449,7 @@ def image_denoiser(request):
 
 
 def test_image_denoiser_round_trips_are_bit_identical(image_denoiser, tmp_path):
-    from sklearn_ergo._pretrained import load_denoiser, save_denoiser
+    from sklearn_ergo import load_denoiser, save_denoiser
 
     rng = np.random.default_rng(1)
     noisy = rng.uniform(size=(20, 20))
@@ -467,30 +468,30 @@ def test_image_denoiser_round_trips_are_bit_identical(image_denoiser, tmp_path):
 def test_interrupted_save_keeps_the_old_model_file(
     image_denoiser, tmp_path, monkeypatch
 ):
-    from sklearn_ergo import _pretrained
+    from sklearn_ergo import _model_io
 
     target = tmp_path / "model.npz"
-    _pretrained.save_denoiser(image_denoiser, target)
+    _model_io.save_denoiser(image_denoiser, target)
     good = target.read_bytes()
 
     def interrupted(path, **arrays):
         pathlib.Path(path).write_bytes(b"half a zip")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_pretrained.np, "savez", interrupted)
+    monkeypatch.setattr(_model_io.np, "savez", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _pretrained.save_denoiser(image_denoiser, target)
+        _model_io.save_denoiser(image_denoiser, target)
     assert target.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
     monkeypatch.undo()
     # Like numpy.savez, a path without the suffix gets ".npz".
-    _pretrained.save_denoiser(image_denoiser, tmp_path / "other")
-    copy = _pretrained.load_denoiser(tmp_path / "other.npz")
+    _model_io.save_denoiser(image_denoiser, tmp_path / "other")
+    copy = _model_io.load_denoiser(tmp_path / "other.npz")
     np.testing.assert_array_equal(copy.components_, image_denoiser.components_)
 
 
 def test_image_model_file_refuses_foreign_files(image_denoiser, tmp_path):
-    from sklearn_ergo._pretrained import FORMAT, load_denoiser, save_denoiser
+    from sklearn_ergo._model_io import FORMAT, load_denoiser, save_denoiser
 
     marker = tmp_path / "pwned"
     (tmp_path / "exploit.npz").write_bytes(pickle.dumps(_Exploit(str(marker))))

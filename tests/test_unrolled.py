@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from sklearn_ergo import unrolled_denoise, unrolled_loss_grad
-from sklearn_ergo._unrolled import STEP_FACTOR, output_weights
+from sklearn_ergo._steps import STEP_FACTOR
+from sklearn_ergo._unrolled_map import output_weights
 
 SHAPES = [(3, 5), (5, 5), (8, 5)]  # m < n, m = n, m > n
 
@@ -152,9 +153,9 @@ def test_invalid_arguments():
         unrolled_loss_grad(K, X_noisy, X_clean[:, :4], n_layers=3)
     with pytest.raises(ValueError, match="K has 5 columns but X has 4"):
         unrolled_loss_grad(K, X_noisy[:, :4], X_clean[:, :4], n_layers=3)
-    with pytest.raises(ValueError, match="n_layers must be a positive integer"):
+    with pytest.raises(ValueError, match="'n_layers' parameter of unrolled_loss"):
         unrolled_loss_grad(K, X_noisy, X_clean, n_layers=0)
-    with pytest.raises(ValueError, match="unroll must be one of"):
+    with pytest.raises(ValueError, match="'unroll' parameter of unrolled_loss_grad"):
         unrolled_loss_grad(K, X_noisy, X_clean, n_layers=2, unroll="first")
     with pytest.raises(ValueError, match="non-zero K"):
         unrolled_loss_grad(np.zeros_like(K), X_noisy, X_clean, n_layers=2)
