@@ -4,23 +4,21 @@ import functools
 
 import numpy as np
 import pytest
+from conftest import fd_relative_error
 from joblib import parallel_config
 from scipy.sparse.linalg import LinearOperator, svds
-from sklearn_ergo._prox import make_penalty
-from sklearn_ergo.image import (
-    accelerated_steps,
-    convolutional_denoise,
-    convolutional_loss_grad,
-    initial_filters,
-    tv_filters,
-)
 
 from sklearn_ergo._convolutional import (
     BOUNDARIES,
     ConvolutionalOperator,
+    denoise_images,
+    images_loss_grad,
     symbol_norm_bound,
 )
-from sklearn_ergo._unrolled import _loss_grad, output_weights, step_schedule
+from sklearn_ergo._init import initial_filters, tv_filters
+from sklearn_ergo._penalties import make_penalty
+from sklearn_ergo._steps import AcceleratedSteps, step_rule
+from sklearn_ergo._unrolled_map import UnrolledMap
 
 TV2 = np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]])
 
@@ -100,16 +98,11 @@ def test_symbol_bound_of_tv_and_gradient():
     rng = np.random.default_rng(1)
     K = rng.standard_normal((4, 9))
     _, grad = symbol_norm_bound(K, 3)
-    d = rng.standard_normal(K.shape)
-    h = 1e-6
-    fd = (symbol_norm_bound(K + h * d, 3)[0] - symbol_norm_bound(K - h * d, 3)[0]) / (
-        2 * h
-    )
-    assert np.vdot(grad, d) == pytest.approx(fd, rel=1e-7)
+    assert fd_relative_error(lambda K: symbol_norm_bound(K, 3)[0], K, grad, rng) <= 1e-7
 
 
 def test_accelerated_steps():
-    steps = accelerated_steps(2.0, 6, tau0=0.5)
+    steps = AcceleratedSteps(tau0=0.5).schedule(2.0, 6, np.float64)
     np.testing.assert_allclose(steps.sigma * steps.tau * 4.0, 0.99**2)
     np.testing.assert_allclose(steps.theta, 1 / np.sqrt(1 + 2 * steps.tau))
     np.testing.assert_allclose(steps.tau[1:], steps.tau[:-1] * steps.theta[:-1])
@@ -125,12 +118,18 @@ def _problem(seed=0, shape=(3, 9, 8), m=5, p=3):
 
 
 def _check_gradient(f, K, rng, rel):
-    loss, grad = f(K)
+    grad = f(K)[1]["K"]
     for _ in range(2):
-        d = rng.standard_normal(K.shape)
-        h = 1e-6
-        fd = (f(K + h * d)[0] - f(K - h * d)[0]) / (2 * h)
-        assert np.vdot(grad, d) == pytest.approx(fd, rel=rel)
+        assert fd_relative_error(lambda K: f(K)[0], K, grad, rng) <= rel
+
+
+def _map(n_layers, unroll="last", penalty="l1", steps=None, huber_eps=0.01):
+    return UnrolledMap(
+        n_layers,
+        unroll,
+        penalty=make_penalty(penalty, huber_eps=huber_eps),
+        steps=AcceleratedSteps() if steps is None else steps,
+    )
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -138,29 +137,23 @@ def _check_gradient(f, K, rng, rel):
 @pytest.mark.parametrize("penalty", ["l1", "huber"])
 @pytest.mark.parametrize("steps", [None, (0.5, 0.5)])
 def test_gradient_core_step_rule(boundary, unroll, penalty, steps):
-    """The core kernels on the convolutional operator, through the factory."""
+    """The dense step rules on the convolutional operator, through the factory."""
     K, noisy, clean, rng = _problem()
     N, H, W = noisy.shape
     make_op = functools.partial(
         ConvolutionalOperator, image_shape=(H, W), patch_size=3, boundary=boundary
     )
-    alpha = output_weights(7, unroll)
-    pen = make_penalty(penalty, huber_eps=0.01)
+    umap = UnrolledMap(
+        7,
+        unroll,
+        penalty=make_penalty(penalty),
+        steps=step_rule(*(steps or (None, None))),
+        operator=make_op,
+    )
 
     def f(K):
-        sched, norm, norm_grad = step_schedule(make_op(K), 7, *(steps or (None, None)))
-        return _loss_grad(
-            K,
-            noisy.reshape(N, -1),
-            clean.reshape(N, -1),
-            sched,
-            norm,
-            norm_grad,
-            pen,
-            alpha,
-            chunk_size=2,
-            make_op=make_op,
-        )
+        X, Y = noisy.reshape(N, -1), clean.reshape(N, -1)
+        return umap.loss_grad({"K": K}, X, Y, chunk_size=2)
 
     _check_gradient(f, K, rng, rel=1e-7)
 
@@ -170,21 +163,19 @@ def test_gradient_accelerated_schedule(unroll):
     # The accelerated dual steps are large, so the l1 map has kinks densely
     # enough to spoil finite differences; the Huber map is smooth enough.
     K, noisy, clean, rng = _problem(seed=3)
-
-    def f(K):
-        return convolutional_loss_grad(
-            K, noisy, clean, n_layers=7, unroll=unroll, penalty="huber", huber_eps=0.1
-        )
-
-    _check_gradient(f, K, rng, rel=1e-6)
+    umap = _map(7, unroll, "huber", huber_eps=0.1)
+    _check_gradient(
+        lambda K: images_loss_grad(umap, {"K": K}, noisy, clean), K, rng, rel=1e-6
+    )
 
 
 def test_parallel_chunks_match_serial():
     K, noisy, clean, _ = _problem(shape=(5, 8, 8))
-    loss1, grad1 = convolutional_loss_grad(K, noisy, clean, n_layers=5)
+    umap = _map(5)
+    loss1, grad1 = images_loss_grad(umap, {"K": K}, noisy, clean)
     with parallel_config(backend="threading"):
-        loss2, grad2 = convolutional_loss_grad(K, noisy, clean, n_layers=5, n_jobs=2)
+        loss2, grad2 = images_loss_grad(umap, {"K": K}, noisy, clean, n_jobs=2)
     assert loss2 == pytest.approx(loss1, rel=1e-12)
-    np.testing.assert_allclose(grad2, grad1, rtol=1e-10, atol=1e-14)
-    out = convolutional_denoise(K, noisy, n_layers=5)
+    np.testing.assert_allclose(grad2["K"], grad1["K"], rtol=1e-10, atol=1e-14)
+    out = denoise_images(umap, {"K": K}, noisy)
     assert out.shape == noisy.shape
