@@ -34,6 +34,8 @@ def chunk_slices(
     ``budget / bytes_per_sample`` rows (at least ``_MIN_CHUNK``) unless
     ``chunk_size`` is given.
     """
+    if n_samples == 0:  # the one place empty input is handled: no chunk
+        return []
     if chunk_size is None:
         chunk_size = max(_MIN_CHUNK, budget // max(bytes_per_sample, 1))
     n_chunks = max(

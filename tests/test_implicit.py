@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import fd_gradient
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_ergo import AnalysisOperatorLearner, unrolled_denoise, unrolled_loss_grad
@@ -38,14 +39,7 @@ def test_gradient_matches_finite_differences(m, n):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         _, grad = _implicit(K, X_noisy, X_clean)
-        h = 1e-6
-        fd = np.zeros_like(K)
-        for idx in np.ndindex(K.shape):
-            E = np.zeros_like(K)
-            E[idx] = h
-            plus = _implicit(K + E, X_noisy, X_clean)[0]
-            minus = _implicit(K - E, X_noisy, X_clean)[0]
-            fd[idx] = (plus - minus) / (2 * h)
+        fd = fd_gradient(lambda K: _implicit(K, X_noisy, X_clean)[0], K)
     # Both regimes of the Huber function are visited at the solution.
     U = (
         unrolled_denoise(

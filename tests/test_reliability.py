@@ -19,8 +19,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import sklearn_ergo._analysis_operator as estimator_module
 import sklearn_ergo._unrolled_map as unrolled_module
-from sklearn_ergo._unrolled_map import UnrolledMap
 from sklearn_ergo import AnalysisOperatorLearner, unrolled_loss_grad
+from sklearn_ergo._unrolled_map import UnrolledMap
 
 
 def make_pairs(n_samples=80, seed=0):
