@@ -40,9 +40,7 @@ from joblib import effective_n_jobs
 
 from sklearn_ergo import AnalysisOperatorLearner
 from sklearn_ergo._init import finite_difference_operator
-from sklearn_ergo._operators import DenseOperator
-from sklearn_ergo._prox import make_penalty
-from sklearn_ergo._unrolled import _loss_grad, output_weights, step_schedule
+from sklearn_ergo._unrolled_map import UnrolledMap
 
 
 def make_data(N, n_features=64, seed=0):
@@ -62,9 +60,7 @@ def make_data(N, n_features=64, seed=0):
 
 def epoch(K, X, Y, n_layers, n_jobs):
     """One full-batch loss and gradient, as one L-BFGS iteration of ``fit``."""
-    alpha, pen = output_weights(n_layers, "last"), make_penalty("l1", 0.01)
-    steps, norm, norm_grad = step_schedule(DenseOperator(K), n_layers)
-    return _loss_grad(K, X, Y, steps, norm, norm_grad, pen, alpha, n_jobs)
+    return UnrolledMap(n_layers).loss_grad({"K": K}, X, Y, n_jobs=n_jobs)
 
 
 def _gemm_rate(seconds=1.0):
@@ -105,20 +101,20 @@ def blas_threads_check(K, N, n_layers, repeat):
     """
     import contextlib
 
-    from sklearn_ergo import _unrolled
+    from sklearn_ergo import _parallel
 
     X, Y, _ = make_data(N)
-    single = _unrolled._one_blas_thread
+    single = _parallel.one_blas_thread
     modes = {"1 (library)": single, "default": contextlib.nullcontext}
     times = {name: [] for name in modes}
     order = list(modes.items())
     try:
         for rep in range(repeat):
             for name, limit in order if rep % 2 == 0 else order[::-1]:
-                _unrolled._one_blas_thread = limit
+                _parallel.one_blas_thread = limit
                 times[name].append(timed(partial(epoch, K, X, Y, n_layers, 1))[0])
     finally:
-        _unrolled._one_blas_thread = single
+        _parallel.one_blas_thread = single
     rows = [
         [N, name, f"{min(t):.3f} / {np.median(t):.3f}"] for name, t in times.items()
     ]

@@ -34,7 +34,8 @@ from _common import best_and_median, machine, markdown_table, peak_memory_mib, t
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sklearn_ergo import unrolled_loss_grad
-from sklearn_ergo._unrolled import STEP_FACTOR, output_weights
+from sklearn_ergo._steps import STEP_FACTOR
+from sklearn_ergo._unrolled_map import output_weights
 
 PRESETS = {
     # the configurations of the targets

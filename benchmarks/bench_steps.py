@@ -20,11 +20,12 @@ import argparse
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from sklearn_ergo._chambolle_pock import constant_steps, forward
-from sklearn_ergo._convolution import ConvolutionalOperator
-from sklearn_ergo._prox import make_penalty
-from sklearn_ergo._unrolled import output_weights
-from sklearn_ergo.image import accelerated_steps, tv_filters
+from sklearn_ergo._chambolle_pock import forward
+from sklearn_ergo._convolutional import ConvolutionalOperator
+from sklearn_ergo._init import tv_filters
+from sklearn_ergo._penalties import L1
+from sklearn_ergo._steps import AcceleratedSteps, constant_steps
+from sklearn_ergo._unrolled_map import output_weights
 
 
 def main(argv=None):
@@ -36,16 +37,16 @@ def main(argv=None):
     clean = data.camera()[150:342, 150:342] / 255.0
     noisy = clean + 25 / 255 * np.random.default_rng(0).standard_normal(clean.shape)
     D = tv_filters(2)
-    pen = make_penalty("l1", 0.0)
+    pen = L1()
     rules = {"sigma = tau": lambda n, L: constant_steps(0.99 / n, 0.99 / n, L)}
     for tau in (0.02, 0.05, 0.2, 1.0):
         rules[f"tau = {tau}"] = lambda n, L, t=tau: constant_steps(
             0.99**2 / (t * n * n), t, L
         )
     for tau0 in (0.02, 0.1, 1.0, 5.0):
-        rules[f"accelerated tau_0 = {tau0}"] = lambda n, L, t=tau0: accelerated_steps(
-            n, L, t
-        )
+        rules[f"accelerated tau_0 = {tau0}"] = lambda n, L, t=tau0: AcceleratedSteps(
+            t
+        ).schedule(n, L, np.float64)
 
     def run(weight, L, rule):
         op = ConvolutionalOperator(weight * D, clean.shape, 2, "periodic")

@@ -20,8 +20,8 @@ import argparse
 import pathlib
 import time
 
-from sklearn_ergo import ImageDenoiser
-from sklearn_ergo._pretrained import PRETRAINED_LEVELS, save_denoiser
+from sklearn_ergo import ImageDenoiser, save_denoiser
+from sklearn_ergo._pretrained import PRETRAINED_LEVELS
 
 TRAINING_IMAGES = (
     "camera",

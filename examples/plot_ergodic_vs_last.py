@@ -8,7 +8,7 @@ iterations whose output is either the last iterate (``unroll="last"``) or an
 ergodic average of all iterates (``unroll="ergodic"``, uniform weights, or
 ``ergodic_weights="linear"``, ``alpha_l ∝ l``).  The hypothesis behind the
 ergodic mode is that the backward signal of the last iterate vanishes in the
-early layers as ``L`` grows (``../shared/MATH.md``, section 4), so that
+early layers as ``L`` grows (``docs/math.md``, section 10), so that
 training stalls, while the average injects the output gradient into every
 layer.  This example measures, on 8x8 natural-image patches with Gaussian
 noise of standard deviation 0.1 on ``[0, 1]``, for a finite-difference (TV)

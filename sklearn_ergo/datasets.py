@@ -8,8 +8,6 @@ import numpy as np
 from sklearn.feature_extraction.image import extract_patches_2d
 from sklearn.utils import check_random_state
 
-SAMPLE_IMAGES = ("china.jpg", "flower.jpg")
-
 
 def load_gray_image(name="china.jpg"):
     """A bundled scikit-learn sample image as grayscale float64 in ``[0, 1]``."""

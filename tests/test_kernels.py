@@ -35,7 +35,7 @@ class PlainOperator:
 
 
 def reference_loss_grad(K, X, X_clean, steps, penalty, alpha):
-    """MATH.md sections 2-3 transcribed literally (samples as columns)."""
+    """docs/math.md sections 3 and 5 transcribed literally (samples as columns)."""
     L = steps.n_layers
     sig, ta, th = steps.sigma, steps.tau, steps.theta
     Xt = X.T
