@@ -585,12 +585,11 @@ class AnalysisOperatorLearner(
         return X_hat * scale
 
     def transform(self, X):
-        """Denoise ``X``; the same as :meth:`predict`, for use in pipelines.
+        """:meth:`predict`, so that the denoiser is a step of a ``Pipeline``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Noisy signals.
 
         Returns
         -------

@@ -29,6 +29,10 @@ def pretrained_denoiser(level):
         return load_denoiser(path)
 
 
+def _reweighted(denoiser):
+    return denoiser._map().penalty.reweighted
+
+
 def denoise_image(image, sigma):
     """Denoise a gray or RGB image with the shipped pretrained operators.
 
@@ -77,8 +81,8 @@ def denoise_image(image, sigma):
         return pretrained_denoiser(PRETRAINED_LEVELS[-1]).denoise(image, sigma=sigma)
     model = pretrained_denoiser(upper)
     lower = max((s for s in PRETRAINED_LEVELS if s < level), default=None)
-    if upper != level and lower is not None and model.penalty != "log":
+    if upper != level and lower is not None and not _reweighted(model):
         below = pretrained_denoiser(lower)
-        if below.penalty == "log":
+        if _reweighted(below):
             model = below
     return model.denoise(image, sigma=sigma)
