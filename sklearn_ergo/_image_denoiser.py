@@ -1,5 +1,6 @@
 """``ImageDenoiser``: learn a denoiser from clean images, apply it to whole images."""
 
+import dataclasses
 import functools
 import math
 import time
@@ -126,8 +127,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         ``F``: the l1 norm, its Huber smoothing, or (convolutional only) the
         non-convex ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned
         scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
-        stages of ``n_layers`` iterations each (see
-        :mod:`sklearn_ergo._reweighted`): it penalises large filter
+        stages of ``n_layers`` iterations each (``docs/math.md``, section 6):
+        it penalises large filter
         responses (edges) less than small ones (noise).  The shipped
         operators start it from the filters of a trained l1 model (``init``;
         ``benchmarks/train_pretrained.py``).
@@ -140,6 +141,11 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     n_stages : int, default=2
         Reweighted stages of ``penalty="log"`` (``n_stages`` times the cost of
         the l1 model); ignored otherwise.
+    per_stage : bool, default=False
+        Give every reweighted stage its own filters and scales ``eps`` (like
+        the time-dependent filters of TNRD), all starting from the same
+        initial model; ``components_`` and ``eps_`` then have a leading axis
+        of ``n_stages``.  Only with ``penalty="log"``.
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training
         images (float units, images in ``[0, 1]``).  Ignored when ``fit``
@@ -170,8 +176,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_filters, patch_size ** 2)
-        The learned filters (convolutional), acting on images in ``[0, 1]``.
+    components_ : ndarray of shape ([n_stages,] n_filters, patch_size ** 2)
+        The learned filters (convolutional), acting on images in ``[0, 1]``;
+        one set per stage with ``per_stage=True``.
     patch_estimator_ : AnalysisOperatorLearner
         The fitted patch model (patch).
     noise_std_ : float
@@ -182,7 +189,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     validation_psnr_ : list of float
         PSNR (dB) on a fixed held-out draw (other noise, other crops) after
         every draw; the best operator on it is kept (convolutional).
-    eps_ : ndarray of shape (n_filters,)
+    eps_ : ndarray of shape ([n_stages,] n_filters)
         Learned scales of the log penalty (``penalty="log"``).
     init_weight_ : float
         Tuned weight of the initial operator (convolutional).
@@ -212,6 +219,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         "huber_eps": [Interval(Real, 0, None, closed="neither")],
         "init": [StrOptions({"tv"}), "array-like"],
         "n_stages": [Interval(Integral, 1, None, closed="left")],
+        "per_stage": ["boolean"],
         "noise_std": [Interval(Real, 0, None, closed="neither")],
         "crop_size": [Interval(Integral, 4, None, closed="left")],
         "n_crops": [Interval(Integral, 1, None, closed="left")],
@@ -236,6 +244,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         huber_eps=0.01,
         init="tv",
         n_stages=2,
+        per_stage=False,
         noise_std=25 / 255,
         crop_size=64,
         n_crops=16,
@@ -256,6 +265,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         self.huber_eps = huber_eps
         self.init = init
         self.n_stages = n_stages
+        self.per_stage = per_stage
         self.noise_std = noise_std
         self.crop_size = crop_size
         self.n_crops = n_crops
@@ -359,9 +369,13 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         -------
         self : ImageDenoiser
         """
-        if self.structure == "patch" and (
-            self._given_init() is not None or self._map().penalty.reweighted
-        ):
+        reweighted = self._map().penalty.reweighted
+        if self.per_stage and not (reweighted and self.structure == "convolutional"):
+            raise ValueError(
+                'per_stage=True needs penalty="log" and structure="convolutional": '
+                "only reweighted stages differ."
+            )
+        if self.structure == "patch" and (self._given_init() is not None or reweighted):
             raise ValueError(
                 'init filters and penalty="log" need structure="convolutional"; '
                 'the patch model takes penalty "l1" or "huber".'
@@ -391,6 +405,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             penalty=penalty,
             steps=AcceleratedSteps(),
             n_stages=self.n_stages if penalty.reweighted else 1,
+            per_stage=self.per_stage,
         )
 
     def _params(self):
@@ -409,17 +424,24 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
 
         X, Y = draw()
         D, center = self._initial_filters(p, rng)
-        initial, u = self._tune_initial(umap, D, center, X, Y)
+        shared = dataclasses.replace(umap, per_stage=False)
+        initial, u = self._tune_initial(shared, D, center, X, Y)
         self.init_weight_ = float(np.exp(u[0]))
         packing = _Packing(self.init_weight_)
-        v = packing.pack(initial(u))
+        start_params = initial(u)
+        if umap.per_stage:  # every stage starts from the tuned shared model
+            start_params = {
+                name: np.stack([value] * umap.n_stages)
+                for name, value in start_params.items()
+            }
+        v = packing.pack(start_params)
 
         def val_psnr(v):
             out = denoise_images(umap, packing.unpack(v), X_val, n_jobs=self.n_jobs)
             return -10.0 * np.log10(np.mean((out - Y_val) ** 2))
 
         tracker = BestTracker()
-        self.loss_curve_ = [_crop_loss(umap, initial(u), X, Y, self.n_jobs)]
+        self.loss_curve_ = [_crop_loss(umap, start_params, X, Y, self.n_jobs)]
         self.validation_psnr_ = [val_psnr(v)]
         tracker.update(-self.validation_psnr_[0], v)
         self.n_iter_ = 0

@@ -15,9 +15,13 @@ import numpy as np
 from ._image_denoiser import ImageDenoiser
 from ._penalties import PENALTIES
 
-FORMAT = "sklearn-ergo-convolutional-denoiser-1"
+FORMAT = "sklearn-ergo-convolutional-denoiser-2"
+# Format 1 (before per-stage parameters) is read as well: the same fields
+# without ``per_stage``.
+_READABLE = (FORMAT, "sklearn-ergo-convolutional-denoiser-1")
 
 _SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
+_REWEIGHTED_SETTINGS = ("n_stages", "per_stage")
 
 
 def save_denoiser(denoiser, path):
@@ -66,7 +70,9 @@ def _write(denoiser, path):
     }
     fields.update((key, np.array(getattr(denoiser, key))) for key in _SETTINGS)
     if params:  # a reweighted penalty: its stages and learned parameters
-        fields["n_stages"] = np.array(denoiser.n_stages)
+        fields.update(
+            (key, np.array(getattr(denoiser, key))) for key in _REWEIGHTED_SETTINGS
+        )
         fields.update(params)
     np.savez(path, **fields)
 
@@ -100,7 +106,7 @@ def load_denoiser(path):
     (16, 25)
     """
     fields = _read_fields(path)
-    if "format" not in fields or str(fields["format"]) != FORMAT:
+    if "format" not in fields or str(fields["format"]) not in _READABLE:
         raise ValueError(f"{path!s} is not an sklearn-ergo denoiser ({FORMAT}).")
     required = {"components", "noise_std", *_SETTINGS}
     penalty = PENALTIES.get(str(fields.get("penalty")))
@@ -111,29 +117,36 @@ def load_denoiser(path):
         raise ValueError(f"{path!s} is a damaged model: no {sorted(missing)}.")
     if penalty is None:
         raise ValueError(f"{path!s} has an unknown penalty {fields['penalty']!s}.")
-    K = np.asarray(fields["components"], dtype=np.float64)
-    p = math.isqrt(K.shape[1]) if K.ndim == 2 else 0
-    if p < 2 or p * p != K.shape[1] or not np.all(np.isfinite(K)):
-        raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
     settings = {key: fields[key].item() for key in _SETTINGS}
     params = {}
     if penalty.reweighted:
         settings["n_stages"] = int(fields["n_stages"])
+        settings["per_stage"] = bool(fields.get("per_stage", False))
         params = {
             name: np.asarray(fields[name], dtype=np.float64)
             for name in penalty.param_names
         }
-        if settings["n_stages"] < 1 or not all(
-            value.shape == (K.shape[0],) and np.all((value > 0) & np.isfinite(value))
-            for value in params.values()
-        ):
-            raise ValueError(
-                f"{path!s} holds an invalid {settings['penalty']} penalty "
-                f"({', '.join(params)}, n_stages)."
-            )
+    lead = (settings["n_stages"],) if settings.get("per_stage") else ()
+    K = np.asarray(fields["components"], dtype=np.float64)
+    p = math.isqrt(K.shape[-1]) if K.ndim == len(lead) + 2 else 0
+    if (
+        p < 2
+        or K.shape[:-2] != lead
+        or p * p != K.shape[-1]
+        or not np.all(np.isfinite(K))
+    ):
+        raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
+    if settings.get("n_stages", 1) < 1 or not all(
+        value.shape == K.shape[:-1] and np.all((value > 0) & np.isfinite(value))
+        for value in params.values()
+    ):
+        raise ValueError(
+            f"{path!s} holds an invalid {settings['penalty']} penalty "
+            f"({', '.join(params)}, n_stages)."
+        )
     noise_std = float(fields["noise_std"])
     den = ImageDenoiser(
-        n_filters=K.shape[0], patch_size=p, noise_std=noise_std, **settings
+        n_filters=K.shape[-2], patch_size=p, noise_std=noise_std, **settings
     )
     den.components_, den.noise_std_ = K, noise_std
     for name, value in params.items():

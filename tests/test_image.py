@@ -211,3 +211,24 @@ def test_other_errors(fitted):
         ImageDenoiser().fit([])
     with pytest.raises(ValueError, match="equal shapes"):
         ImageDenoiser(crop_size=8).fit([np.zeros((20, 20))], [np.zeros((20, 21))])
+
+
+def test_per_stage_filters_fit_save_and_load(tmp_path):
+    from sklearn_ergo import load_denoiser, save_denoiser
+
+    images = [blocks(0), blocks(1)]
+    kw = dict(n_layers=6, crop_size=24, n_crops=3, max_iter=3, noise_std=SIGMA)
+    den = ImageDenoiser(
+        penalty="log", n_stages=2, per_stage=True, random_state=0, **kw
+    ).fit(images)
+    assert den.components_.shape == (2, 8, 25) and den.eps_.shape == (2, 8)
+    # Learning moved the stages apart from their common start.
+    assert np.abs(den.components_[0] - den.components_[1]).max() > 0
+    assert_keeps_best_on_validation(den, images)
+    noisy = blocks(5) + SIGMA * np.random.default_rng(0).standard_normal((48, 48))
+    save_denoiser(den, tmp_path / "staged.npz")
+    copy = load_denoiser(tmp_path / "staged.npz")
+    assert copy.per_stage and copy.n_stages == 2
+    np.testing.assert_array_equal(copy.denoise(noisy), den.denoise(noisy))
+    with pytest.raises(ValueError, match='per_stage=True needs penalty="log"'):
+        ImageDenoiser(per_stage=True, **kw).fit(images)
