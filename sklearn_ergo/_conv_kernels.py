@@ -73,18 +73,33 @@ def _pool(n_threads):
 
 
 def _run(function, tiles, n_threads):
-    """``function(tile, scratch)`` for every tile, on ``n_threads`` threads."""
+    """``function(tile, scratch)`` for every tile, on ``n_threads`` threads.
+
+    ``scratch`` is a dictionary of the calling thread that lives as long as
+    the thread: buffers allocated once, not page-faulted in at every call.
+    """
     if n_threads <= 1 or len(tiles) <= 1:
-        scratch = {}
-        return [function(t, scratch) for t in tiles]
-    groups = [tiles[k::n_threads] for k in range(n_threads)]
+        for tile in tiles:
+            function(tile, _scratch())
+        return
 
     def work(group):
-        scratch = {}
-        return [function(t, scratch) for t in group]
+        scratch = _scratch()
+        for tile in group:
+            function(tile, scratch)
 
-    results = list(_pool(n_threads).map(work, groups))
-    return [r for group in results for r in group]
+    groups = [tiles[k::n_threads] for k in range(n_threads)]
+    # list() waits for every group and re-raises their exceptions.
+    list(_pool(n_threads).map(work, groups))
+
+
+_LOCAL = threading.local()
+
+
+def _scratch():
+    if not hasattr(_LOCAL, "scratch"):
+        _LOCAL.scratch = {}
+    return _LOCAL.scratch
 
 
 def _buffer(scratch, size, dtype):
@@ -133,16 +148,19 @@ class ValidKernels:
         start = (n0 * Hg + i0) * Wg
         return start, start + (n1 - n0) * (i1 - i0) * Wg
 
-    def _patches(self, images, tile, scratch):
+    def _windows(self, images):
+        """All patches as a strided view ``(N, Hg, Wg, p, p)`` (no copy)."""
+        return sliding_window_view(images, (self.p, self.p), axis=(1, 2))
+
+    def _patches(self, windows, tile, scratch):
         """The tile's patches channel-major: ``(p^2, n_t)`` in scratch."""
         n0, n1, i0, i1 = tile
         p, Wg = self.p, self.grid[1]
-        rows = images[n0:n1, i0 : i1 + p - 1]
-        windows = sliding_window_view(rows, (p, p), axis=(1, 2))
         n_t = (n1 - n0) * (i1 - i0) * Wg
-        cols = _buffer(scratch, p * p * n_t, images.dtype).reshape(p * p, n_t)
+        cols = _buffer(scratch, p * p * n_t, windows.dtype).reshape(p * p, n_t)
         np.copyto(
-            cols.reshape(p, p, n1 - n0, i1 - i0, Wg), windows.transpose(3, 4, 0, 1, 2)
+            cols.reshape(p, p, n1 - n0, i1 - i0, Wg),
+            windows[n0:n1, i0:i1].transpose(3, 4, 0, 1, 2),
         )
         return cols
 
@@ -150,10 +168,11 @@ class ValidKernels:
         """``Z <- alpha 𝒦 images + beta Z``; ``Z`` of shape (N * n_positions, m)."""
         gemm = blas("gemm", Z.dtype)
         KT = self.K.T
+        windows = self._windows(images)
 
         def tile_apply(tile, scratch):
             start, stop = self._span(tile)
-            cols = self._patches(images, tile, scratch)
+            cols = self._patches(windows, tile, scratch)
             c = Z[start:stop].T
             gemm(alpha, KT, cols.T, beta=beta, c=c, trans_a=1, trans_b=1, overwrite_c=1)
 
@@ -196,13 +215,17 @@ class ValidKernels:
     def weight_grad_acc(self, Y, images, out, alpha=1.0):
         """``out += alpha Y^T C(images)``; ``out`` of shape (m, p * p)."""
         gemm = blas("gemm", Y.dtype)
+        windows = self._windows(images)
+
+        # One accumulator per thread (``out`` itself in the calling thread).
+        accs = {threading.get_ident(): out}
 
         def tile_grad(tile, scratch):
             start, stop = self._span(tile)
-            cols = self._patches(images, tile, scratch)
-            acc = scratch.get("acc")
+            cols = self._patches(windows, tile, scratch)
+            acc = accs.get(threading.get_ident())
             if acc is None:
-                acc = scratch["acc"] = np.zeros(out.shape, dtype=Y.dtype)
+                acc = accs[threading.get_ident()] = np.zeros(out.shape, out.dtype)
             # acc^T (p^2, m) += alpha C_t^T Y_t.
             gemm(
                 alpha,
@@ -214,24 +237,8 @@ class ValidKernels:
                 trans_b=1,
                 overwrite_c=1,
             )
-            return None
 
-        tiles = self._tiles(len(images))
-        if self.n_threads <= 1 or len(tiles) <= 1:
-            scratch = {"acc": out}
-            for t in tiles:
-                tile_grad(t, scratch)
-            return
-        accs = []
-
-        def work(group):
-            scratch = {}
-            for t in group:
-                tile_grad(t, scratch)
-            if "acc" in scratch:
-                accs.append(scratch["acc"])
-
-        groups = [tiles[k :: self.n_threads] for k in range(self.n_threads)]
-        list(_pool(self.n_threads).map(work, groups))
-        for acc in accs:
-            out += acc
+        _run(tile_grad, self._tiles(len(images)), self.n_threads)
+        for acc in accs.values():
+            if acc is not out:
+                out += acc
