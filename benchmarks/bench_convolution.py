@@ -33,6 +33,7 @@ to choose.
 import argparse
 import functools
 import itertools
+import os
 import time
 from functools import partial
 
@@ -341,7 +342,10 @@ def main():
     rng = np.random.default_rng(0)
     cases = CASES[:1] if args.quick else CASES
     repeats = 2 if args.quick else args.repeats
-    print(f"# bench_convolution on {machine()}\n")
+    # Other programs on the cores slow the whole-image GEMM (memory bound)
+    # more than the cache-sized tiles: read every ratio with the load.
+    load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    print(f"# bench_convolution on {machine()}, {load}\n")
     if "kernels" in args.sections:
         print("## Kernels (valid boundary)\n")
         rows = kernels_section(args.threads, repeats, cases, rng)
@@ -356,6 +360,7 @@ def main():
             args.threads, 1 if args.quick else 3, rng, args.old_gradient
         )
         print("\n" + markdown_table(HEADER_GRADIENT, rows) + "\n")
+    print("load average at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
