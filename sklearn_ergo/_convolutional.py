@@ -42,7 +42,8 @@ import functools
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from ._conv_kernels import TILE_POSITIONS, ValidKernels
 
 BOUNDARIES = ("valid", "periodic")
 
@@ -103,6 +104,13 @@ class ConvolutionalOperator:
     patch_size : int
     boundary : {"valid", "periodic"}, default="valid"
         See the module docstring.
+    n_threads : int, default=1
+        Python threads over tiles of the positions (BLAS releases the GIL);
+        meant for a single-threaded BLAS, else the two pools oversubscribe
+        the cores.
+    tile_positions : int, default=None
+        Patch positions per tile of the banded kernels
+        (:data:`~sklearn_ergo._conv_kernels.TILE_POSITIONS` if None).
 
     Attributes
     ----------
@@ -125,7 +133,16 @@ class ConvolutionalOperator:
     182.0
     """
 
-    def __init__(self, weights, image_shape, patch_size, boundary="valid"):
+    def __init__(
+        self,
+        weights,
+        image_shape,
+        patch_size,
+        boundary="valid",
+        *,
+        n_threads=1,
+        tile_positions=None,
+    ):
         if boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}.")
         H, W = (int(s) for s in image_shape)
@@ -143,61 +160,125 @@ class ConvolutionalOperator:
         self.image_shape = (H, W)
         self.patch_size = p
         self.boundary = boundary
+        self.n_threads = int(n_threads)
+        self.tile_positions = tile_positions or TILE_POSITIONS
         self.n_filters = weights.shape[0]
         if boundary == "valid":
             self._grid = (H - p + 1, W - p + 1)
+            self._padded_shape = (H, W)
         else:
+            # The periodic operator is the valid one on the image wrapped by
+            # p - 1 pixels: same positions, the margin folded back by the
+            # adjoint.
             self._grid = (H, W)
+            self._padded_shape = (H + p - 1, W + p - 1)
         self.n_positions = self._grid[0] * self._grid[1]
         self.n_primal = H * W
         self.n_dual = self.n_positions * self.n_filters
+        self._kernels = {}
 
-    def _columns(self, X):
-        """im2col: ``(N * n_positions, p * p)``, one patch per row."""
-        p = self.patch_size
-        images = X.reshape(-1, *self.image_shape)
+    def _kernel(self, dtype):
+        """The banded kernels with the filters in ``dtype``, built once."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._kernels:
+            self._kernels[dtype] = ValidKernels(
+                self.weights.astype(dtype),
+                self._padded_shape,
+                self.patch_size,
+                n_threads=self.n_threads,
+                tile_positions=self.tile_positions,
+            )
+        return self._kernels[dtype]
+
+    def _images(self, X, dtype):
+        """Rows of ``X`` as ``(N, H, W)`` images in ``dtype``, wrapped if periodic."""
+        images = np.ascontiguousarray(X, dtype=dtype).reshape(-1, *self.image_shape)
         if self.boundary == "periodic":
-            images = np.pad(images, ((0, 0), (0, p - 1), (0, p - 1)), mode="wrap")
-        windows = sliding_window_view(images, (p, p), axis=(1, 2))
-        return windows.reshape(-1, p * p)
+            w = self.patch_size - 1
+            images = np.pad(images, ((0, 0), (0, w), (0, w)), mode="wrap")
+        return images
 
     def apply(self, X, out=None):
         """Return ``𝒦 x`` for every row of ``X``, shape ``(N, n_dual)``."""
-        N = X.shape[0]
         if out is None:
-            out = np.empty((N, self.n_dual), dtype=np.result_type(X, self.weights))
-        np.matmul(
-            self._columns(X),
-            self.weights.T,
-            out=out.reshape(N * self.n_positions, self.n_filters),
-        )
+            dtype = np.result_type(X, self.weights)
+            out = np.empty((X.shape[0], self.n_dual), dtype=dtype)
+        self.apply_acc(X, out)
         return out
 
     def adjoint(self, Y, out=None):
         """Return ``𝒦^T y`` for every row of ``Y`` (col2im), shape ``(N, n_primal)``."""
-        N, p = Y.shape[0], self.patch_size
-        (H, W), (Hg, Wg) = self.image_shape, self._grid
-        cols = (Y.reshape(N * self.n_positions, self.n_filters) @ self.weights).reshape(
-            N, Hg, Wg, p, p
-        )
-        canvas = np.zeros((N, Hg + p - 1, Wg + p - 1), dtype=cols.dtype)
-        for u in range(p):
-            for v in range(p):
-                canvas[:, u : u + Hg, v : v + Wg] += cols[:, :, :, u, v]
-        if self.boundary == "periodic" and p > 1:
-            # Fold the wrapped margin back onto the pixels it copies.
-            canvas[:, : p - 1, :] += canvas[:, H:, :]
-            canvas[:, :H, : p - 1] += canvas[:, :H, W:]
-            canvas = canvas[:, :H, :W]
         if out is None:
-            return canvas.reshape(N, H * W)
-        out[...] = canvas.reshape(N, H * W)
+            dtype = np.result_type(Y, self.weights)
+            out = np.empty((Y.shape[0], self.n_primal), dtype=dtype)
+        self.adjoint_acc(Y, out)
         return out
 
     def weight_grad(self, Y, X):
         """Gradient of ``sum_i <Y_i, 𝒦 X_i>`` with respect to ``K``: ``Y^T C(X)``."""
-        Yc = Y.reshape(-1, self.n_filters)
-        return Yc.T @ self._columns(X)
+        out = np.zeros(self.weights.shape, dtype=np.result_type(Y, X, self.weights))
+        self.weight_grad_acc(Y, X, out)
+        return out
+
+    # Fused variants (see :mod:`sklearn_ergo._operators`): the step sizes and
+    # updates of the solver go into the banded GEMMs of :mod:`._conv_kernels`.
+    def apply_acc(self, X, out, alpha=1.0, beta=0.0):
+        """``out <- alpha 𝒦 X + beta out`` in place."""
+        target = _writable(out)
+        if target is not out and beta != 0.0:
+            target[...] = out
+        kernel = self._kernel(target.dtype)
+        kernel.apply_acc(
+            self._images(X, target.dtype),
+            target.reshape(-1, self.n_filters),
+            alpha,
+            beta,
+        )
+        if target is not out:
+            out[...] = target
+
+    def adjoint_acc(self, Y, out, alpha=1.0, beta=0.0):
+        """``out <- alpha 𝒦^T Y + beta out`` in place."""
+        dtype = out.dtype if out.dtype.kind == "f" else np.result_type(Y, self.weights)
+        Y = np.ascontiguousarray(Y, dtype=dtype).reshape(-1, self.n_filters)
+        kernel = self._kernel(dtype)
+        N = out.shape[0]
+        H, W = self.image_shape
+        if self.boundary == "valid" and out is _writable(out) and out.dtype == dtype:
+            if beta == 0.0:
+                out[...] = 0.0
+            elif beta != 1.0:
+                out *= beta
+            kernel.adjoint_add(Y, out.reshape(N, H, W), alpha)
+            return
+        canvas = np.zeros((N, *self._padded_shape), dtype=dtype)
+        kernel.adjoint_add(Y, canvas, alpha)
+        p = self.patch_size
+        if self.boundary == "periodic" and p > 1:
+            # Fold the wrapped margin back onto the pixels it copies.
+            canvas[:, : p - 1, :] += canvas[:, H:, :]
+            canvas[:, :H, : p - 1] += canvas[:, :H, W:]
+        value = canvas[:, :H, :W].reshape(N, H * W)
+        if beta == 0.0:
+            out[...] = value
+        else:
+            out *= beta
+            out += value
+
+    def weight_grad_acc(self, Y, X, out, alpha=1.0):
+        """``out <- out + alpha Y^T C(X)`` in place."""
+        target = _writable(out)
+        if target is not out:
+            target[...] = out
+        dtype = target.dtype
+        self._kernel(dtype).weight_grad_acc(
+            np.ascontiguousarray(Y, dtype=dtype).reshape(-1, self.n_filters),
+            self._images(X, dtype),
+            target,
+            alpha,
+        )
+        if target is not out:
+            out[...] = target
 
     def expand_rows(self, values):
         """Per-filter values (shape ``(n_filters,)``) spread over a dual row."""
@@ -214,6 +295,13 @@ class ConvolutionalOperator:
         See :func:`symbol_norm_bound`; the same bound for every image size.
         """
         return symbol_norm_bound(self.weights, self.patch_size)
+
+
+def _writable(out):
+    """``out`` if BLAS can write into it in place, else a float64 stand-in."""
+    if out.flags.c_contiguous and out.dtype in (np.float32, np.float64):
+        return out
+    return np.empty(out.shape, dtype=np.result_type(out.dtype, np.float32))
 
 
 def pad_images(images, patch_size):

@@ -1,0 +1,168 @@
+"""Every path of the banded convolution kernels against a dense reference.
+
+Paths: tiles of one row, of several rows (below and above the ``p - 1``
+halo, which decides whether threads may split an image's adjoint), of whole
+images and of several images; one and two threads; float64 and float32;
+valid and periodic boundaries; the fused products against the plain ones.
+"""
+
+import numpy as np
+import pytest
+
+from sklearn_ergo._conv_kernels import make_tiles
+from sklearn_ergo._convolutional import BOUNDARIES, ConvolutionalOperator
+
+N, H, W = 3, 11, 9
+
+# (patch_size, tile_positions, n_threads): with p = 3 the valid grid is 9x7,
+# so 7 positions are one row per tile, 14 two rows (= p - 1), 63 one image
+# and 200 three images; with p = 5, 5 positions are one row (< p - 1).
+PATHS = [
+    (3, None, 1),
+    (3, 7, 1),
+    (3, 7, 2),
+    (3, 14, 2),
+    (3, 63, 2),
+    (3, 200, 2),
+    (5, 5, 2),
+    (5, 20, 2),
+    (1, 9, 2),
+]
+
+
+def dense_matrix(K, p, boundary):
+    """The operator as an explicit ``(n_dual, n_primal)`` matrix, loop by loop."""
+    m = len(K)
+    filters = K.reshape(m, p, p)
+    Hg, Wg = (H - p + 1, W - p + 1) if boundary == "valid" else (H, W)
+    A = np.zeros((Hg, Wg, m, H, W))
+    for i in range(Hg):
+        for j in range(Wg):
+            for u in range(p):
+                for v in range(p):
+                    A[i, j, :, (i + u) % H, (j + v) % W] += filters[:, u, v]
+    return A.reshape(Hg * Wg * m, H * W)
+
+
+def dense_weight_grad(Y, X, p, boundary):
+    """``d <Y, 𝒦_K X> / d K[k, u, v] = sum_positions Y[., k] x[i + u, j + v]``."""
+    Hg, Wg = (H - p + 1, W - p + 1) if boundary == "valid" else (H, W)
+    Y = Y.astype(np.float64).reshape(N, Hg, Wg, -1)
+    images = X.astype(np.float64).reshape(N, H, W)
+    grad = np.zeros((Y.shape[-1], p, p))
+    for u in range(p):
+        for v in range(p):
+            rows, cols = (np.arange(Hg) + u) % H, (np.arange(Wg) + v) % W
+            grad[:, u, v] = np.einsum("nijk,nij->k", Y, images[:, rows][:, :, cols])
+    return grad.reshape(len(grad), p * p)
+
+
+def tol(dtype):
+    return {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else {"atol": 2e-4}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("p, tile_positions, n_threads", PATHS)
+def test_kernels_match_dense_operator(p, tile_positions, n_threads, boundary, dtype):
+    rng = np.random.default_rng(p + 10 * n_threads)
+    K = rng.standard_normal((4, p * p))
+    A = dense_matrix(K, p, boundary)
+    op = ConvolutionalOperator(
+        K.astype(dtype),
+        (H, W),
+        p,
+        boundary,
+        n_threads=n_threads,
+        tile_positions=tile_positions,
+    )
+    X = rng.standard_normal((N, H * W)).astype(dtype)
+    Y = rng.standard_normal((N, op.n_dual)).astype(dtype)
+    Z = op.apply(X)
+    assert Z.dtype == dtype
+    np.testing.assert_allclose(Z, X @ A.T, **tol(dtype))
+    np.testing.assert_allclose(op.adjoint(Y), Y @ A, **tol(dtype))
+    # <Y, 𝒦_K X> is linear in K with gradient weight_grad(Y, X).
+    grad = op.weight_grad(Y, X)
+    np.testing.assert_allclose(grad, dense_weight_grad(Y, X, p, boundary), **tol(dtype))
+    # The adjoint identity <𝒦x, y> = <x, 𝒦^T y> in the working dtype.
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    assert np.vdot(Z.astype(np.float64), Y64) == pytest.approx(
+        np.vdot(X64, op.adjoint(Y).astype(np.float64)),
+        rel=1e-12 if dtype == np.float64 else 1e-5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("p, tile_positions, n_threads", PATHS[:1] + PATHS[3:5])
+def test_fused_products_match_plain(p, tile_positions, n_threads, boundary, dtype):
+    rng = np.random.default_rng(7)
+    K = rng.standard_normal((5, p * p)).astype(dtype)
+    op = ConvolutionalOperator(
+        K, (H, W), p, boundary, n_threads=n_threads, tile_positions=tile_positions
+    )
+    X = rng.standard_normal((N, H * W)).astype(dtype)
+    Y = rng.standard_normal((N, op.n_dual)).astype(dtype)
+    alpha = -0.7
+    for beta in [0.0, 1.0, 0.3]:
+        out = rng.standard_normal(Y.shape).astype(dtype)
+        expected = alpha * op.apply(X) + beta * out
+        op.apply_acc(X, out, alpha, beta)
+        np.testing.assert_allclose(out, expected, **tol(dtype))
+        out = rng.standard_normal(X.shape).astype(dtype)
+        expected = alpha * op.adjoint(Y) + beta * out
+        op.adjoint_acc(Y, out, alpha, beta)
+        np.testing.assert_allclose(out, expected, **tol(dtype))
+    out = rng.standard_normal(K.shape).astype(dtype)
+    expected = out + alpha * op.weight_grad(Y, X)
+    op.weight_grad_acc(Y, X, out, alpha)
+    np.testing.assert_allclose(out, expected, **tol(dtype))
+    # Outputs BLAS cannot write in place (non-contiguous) go through a copy.
+    out = np.zeros((op.n_dual, N), dtype=dtype).T
+    op.apply_acc(X, out)
+    np.testing.assert_allclose(out, op.apply(X), **tol(dtype))
+    out = np.zeros((H * W, N), dtype=dtype).T
+    op.adjoint_acc(Y, out, 2.0)
+    np.testing.assert_allclose(out, 2.0 * op.adjoint(Y), **tol(dtype))
+    out = np.zeros((p * p, 5), dtype=dtype).T
+    op.weight_grad_acc(Y, X, out)
+    np.testing.assert_allclose(out, op.weight_grad(Y, X), **tol(dtype))
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_weight_grad_finite_differences(boundary, n_threads):
+    """``f(K) = ||𝒦_K X - T||^2 / 2`` has gradient ``weight_grad(𝒦_K X - T, X)``."""
+    rng = np.random.default_rng(3)
+    p = 3
+
+    def f(K):
+        op = ConvolutionalOperator(
+            K, (H, W), p, boundary, n_threads=n_threads, tile_positions=14
+        )
+        residual = op.apply(X) - T
+        return 0.5 * np.vdot(residual, residual), op.weight_grad(residual, X)
+
+    K = rng.standard_normal((4, p * p))
+    X = rng.standard_normal((N, H * W))
+    T = rng.standard_normal((N, ConvolutionalOperator(K, (H, W), p, boundary).n_dual))
+    _, grad = f(K)
+    for _ in range(3):
+        d = rng.standard_normal(K.shape)
+        h = 1e-5
+        fd = (f(K + h * d)[0] - f(K - h * d)[0]) / (2 * h)
+        assert np.vdot(grad, d) == pytest.approx(fd, rel=1e-8)
+
+
+def test_tiles_cover_positions_once():
+    for n_images, grid, target in [(1, (9, 7), 14), (5, (4, 4), 40), (2, (3, 5), 1)]:
+        tiles = make_tiles(n_images, grid, target)
+        covered = np.zeros((n_images, *grid), dtype=int)
+        start = 0
+        for n0, n1, i0, i1 in tiles:
+            covered[n0:n1, i0:i1] += 1
+            # tiles are consecutive ranges of the position-major dual rows
+            assert start == (n0 * grid[0] + i0) * grid[1]
+            start += (n1 - n0) * (i1 - i0) * grid[1]
+        np.testing.assert_array_equal(covered, 1)
