@@ -145,8 +145,9 @@ class AnalysisOperatorLearner(
         Fraction of the pairs held out for ``early_stopping``.
     n_jobs : int, default=None
         Number of joblib workers for the per-sample work in ``fit`` and
-        ``predict``; ``joblib.parallel_config`` (e.g. a dask backend) is
-        honoured.  Results do not depend on it beyond float rounding.
+        ``predict``.  ``None``: every core, in threads, unless a
+        ``joblib.parallel_config`` (e.g. a dask backend) says otherwise.
+        Results do not depend on it beyond float rounding.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial operator, the tuning subsample, the validation split
         and Adam's shuffling.

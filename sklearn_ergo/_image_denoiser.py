@@ -168,7 +168,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         noise stays i.i.d. with the same deviation), or in RGB directly.
         Training uses the luminance of colour images.
     n_jobs : int, default=None
-        joblib workers over crops (fit) and images (transform).
+        joblib workers over crops (fit) and images (transform); ``None``:
+        every core, in threads, unless a ``joblib.parallel_config`` says
+        otherwise.
     random_state : int, RandomState instance or None, default=None
         Seeds crops, noise and the initial filters.
     verbose : int, default=0

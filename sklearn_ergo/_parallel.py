@@ -7,6 +7,8 @@ cache-sized chunks keep the elementwise steps at cache speed.
 """
 
 from joblib import effective_n_jobs
+from joblib._parallel_backends import LokyBackend, ThreadingBackend
+from joblib.parallel import get_active_backend
 from sklearn.utils import gen_even_slices
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import ThreadpoolController
@@ -25,6 +27,24 @@ FORWARD_BYTES = 2 * 2**20
 _MIN_CHUNK = 32
 
 
+def workers(n_jobs):
+    """``(n_workers, Parallel keywords)`` for ``n_jobs``.
+
+    ``None`` uses every core, in threads of this process, unless a
+    ``joblib.parallel_config`` says otherwise (another backend, such as dask,
+    or an ``n_jobs``): the chunks' matrix products and elementwise updates
+    release the GIL, so threads parallelise them without the start-up and
+    memory copies of processes (``benchmarks/bench_gradient.py --threads 2``
+    measures the default against one core).  An explicit ``n_jobs`` is
+    joblib's, as in scikit-learn.
+    """
+    backend, configured = get_active_backend()
+    if n_jobs is None and configured is None:
+        if isinstance(backend, (LokyBackend, ThreadingBackend)):
+            return effective_n_jobs(-1), {"n_jobs": -1, "backend": "threading"}
+    return effective_n_jobs(n_jobs), {"n_jobs": n_jobs}
+
+
 def chunk_slices(
     n_samples, bytes_per_sample, n_jobs, chunk_size=None, *, budget=TAPE_BYTES
 ):
@@ -39,7 +59,7 @@ def chunk_slices(
     if chunk_size is None:
         chunk_size = max(_MIN_CHUNK, budget // max(bytes_per_sample, 1))
     n_chunks = max(
-        -(-n_samples // chunk_size), min(effective_n_jobs(n_jobs), n_samples)
+        -(-n_samples // chunk_size), min(workers(n_jobs)[0], n_samples)
     )
     return list(gen_even_slices(n_samples, n_chunks))
 
@@ -83,4 +103,4 @@ def map_chunks(function, slices, n_jobs, *args):
     """
     tasks = (delayed(_in_one_blas_thread)(function, *args, rows) for rows in slices)
     with one_blas_thread():
-        return Parallel(n_jobs=n_jobs)(tasks)
+        return Parallel(**workers(n_jobs)[1])(tasks)

@@ -129,6 +129,9 @@ def unrolled_loss_grad(
     n_jobs : int, default=None
         Number of joblib workers for the chunks of samples.  Each chunk runs
         with single-threaded BLAS, so ``n_jobs`` is the number of cores used.
+        ``None``: every core, in threads, unless ``joblib.parallel_config``
+        sets a backend or ``n_jobs``.  Results do not depend on it beyond
+        float rounding.
     chunk_size : int, default=None
         Samples per chunk; by default chosen so a chunk's tape stays near
         16 MiB (cache-sized).
@@ -206,7 +209,8 @@ def unrolled_denoise(
     n_layers, unroll, ergodic_weights, penalty, huber_eps, sigma, tau
         See :func:`unrolled_loss_grad`.
     n_jobs : int, default=None
-        Number of joblib workers for the chunks of samples.
+        Number of joblib workers for the chunks of samples (``None``: every
+        core, see :func:`unrolled_loss_grad`).
     chunk_size : int, default=None
         Samples per chunk; by default a cache-sized working set.
 
