@@ -347,7 +347,8 @@ def plot_gradients(grads, layers, path):
 # Tables
 # ------
 def tables(results, profs, grads, cfg):
-    lines = []
+    # The heading makes tables.md a page of the documentation site.
+    lines = ["# Last iterate or ergodic average: the tables"]
     for setting, by_mode in results.items():
         params, _, _, max_iter = cfg["settings"][setting]
         lines += [
@@ -437,7 +438,9 @@ def report(out, cfg, results, profs, grads):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    # sphinx-gallery runs the example with an empty __doc__.
+    title = __doc__.split("\n\n")[1] if __doc__ else None
+    parser = argparse.ArgumentParser(description=title)
     parser.add_argument("--out", default="ergodic_figures", help="output folder")
     parser.add_argument("--preset", choices=PRESETS, default="default")
     parser.add_argument("--quick", action="store_true", help="--preset quick")
