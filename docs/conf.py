@@ -42,11 +42,6 @@ exclude_patterns = [
 ]
 templates_path = ["_templates"]
 
-# TEMPORARY, remove when merging together with the docstring fix of
-# AnalysisOperatorLearner (sklearn_ergo/_estimator.py: the ``init`` line
-# continued by a backslash in a raw docstring, and ``(n_features_in_,)`` read
-# as a reST link): hides every docutils warning, so nothing else may need it.
-suppress_warnings = ["docutils"]
 
 # -- MyST: the pages are the repository's Markdown files -------------------
 myst_enable_extensions = ["dollarmath", "amsmath"]

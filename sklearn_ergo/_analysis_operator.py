@@ -115,13 +115,13 @@ class AnalysisOperatorLearner(
         ``F = ||.||_1`` or its Huber smoothing with parameter ``huber_eps``.
     huber_eps : float, default=0.01
         Huber parameter (in the units of ``K x`` for normalised ``x``).
-    init : {"tv", "random"} or array-like of shape (n_components, n_features), \
-            default="tv"
+    init : {"tv", "random"} or array-like, default="tv"
         Initial ``K``.  ``"tv"``: finite differences (anisotropic total
         variation of the patch), ``"random"``: zero-mean random rows.  The
         scalar weight of either is tuned on the training data (a 1-D search of
         the unrolled loss), so training starts from the best operator of that
-        shape.  An array is used as given (for ``X / scale_``).
+        shape.  An array of shape ``(n_components, n_features)`` is used as
+        given (for ``X / scale_``).
     solver : {"lbfgs", "adam"}, default="lbfgs"
         Full-batch L-BFGS (scipy) or mini-batch Adam.  L-BFGS reaches the gains
         of Adam's hundreds of epochs in a few dozen iterations on ~10^4 patches.
@@ -176,7 +176,8 @@ class AnalysisOperatorLearner(
     n_iter_ : int
         Iterations (L-BFGS) or epochs (Adam) run.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Defined only when ``X`` has string feature names.
 
     Notes

@@ -123,7 +123,7 @@ class ConvolutionalOperator:
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_ergo._convolution import ConvolutionalOperator
+    >>> from sklearn_ergo._convolutional import ConvolutionalOperator
     >>> K = np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]])  # TV
     >>> op = ConvolutionalOperator(K, (4, 5), 2, boundary="periodic")
     >>> op.n_primal, op.n_dual
