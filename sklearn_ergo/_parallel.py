@@ -58,9 +58,7 @@ def chunk_slices(
         return []
     if chunk_size is None:
         chunk_size = max(_MIN_CHUNK, budget // max(bytes_per_sample, 1))
-    n_chunks = max(
-        -(-n_samples // chunk_size), min(workers(n_jobs)[0], n_samples)
-    )
+    n_chunks = max(-(-n_samples // chunk_size), min(workers(n_jobs)[0], n_samples))
     return list(gen_even_slices(n_samples, n_chunks))
 
 
