@@ -196,7 +196,9 @@ def _run(K, X_noisy, X_clean, penalty, max_iter, n_jobs, chunk_size):
         X_clean = X_clean.astype(np.float64)
     # No tape here: chunks only serve parallelism and keep the per-row CG
     # runs (which wait for the slowest row of their chunk) short.
-    slices = chunk_slices(len(X_noisy), 0, n_jobs, chunk_size or _CHUNK_SIZE)
+    slices = chunk_slices(
+        len(X_noisy), 0, n_jobs, chunk_size or _CHUNK_SIZE, sample_size=K.shape[1]
+    )
     results = map_chunks(
         _chunk_implicit,
         slices,

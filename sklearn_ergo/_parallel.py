@@ -22,9 +22,11 @@ TAPE_BYTES = 16 * 2**20
 # Working set per chunk of a forward pass without tape (prediction): about
 # three layers' iterates, kept within a core's L2 cache.
 FORWARD_BYTES = 2 * 2**20
-# Fewest samples per chunk: below, the per-layer Python overhead and tiny
-# GEMMs dominate (deep unrolls of wide operators have large tapes per sample).
-_MIN_CHUNK = 32
+# Fewest primal values per chunk: below, the per-layer Python overhead and
+# tiny GEMMs dominate (deep unrolls of wide operators have large tapes per
+# sample).  32 patches of 8x8; one image, whose many positions already make
+# large products (its tape can exceed the budget on its own).
+_MIN_CHUNK_VALUES = 32 * 64
 
 
 def workers(n_jobs):
@@ -46,18 +48,26 @@ def workers(n_jobs):
 
 
 def chunk_slices(
-    n_samples, bytes_per_sample, n_jobs, chunk_size=None, *, budget=TAPE_BYTES
+    n_samples,
+    bytes_per_sample,
+    n_jobs,
+    chunk_size=None,
+    *,
+    budget=TAPE_BYTES,
+    sample_size,
 ):
     """Even slices of the rows: at least one per job, each within a byte budget.
 
     ``bytes_per_sample`` is the memory a chunk holds per row; chunks get
-    ``budget / bytes_per_sample`` rows (at least ``_MIN_CHUNK``) unless
+    ``budget / bytes_per_sample`` rows, but at least enough rows of
+    ``sample_size`` values each for efficient products, unless
     ``chunk_size`` is given.
     """
     if n_samples == 0:  # the one place empty input is handled: no chunk
         return []
     if chunk_size is None:
-        chunk_size = max(_MIN_CHUNK, budget // max(bytes_per_sample, 1))
+        fewest = -(-_MIN_CHUNK_VALUES // sample_size)
+        chunk_size = max(fewest, budget // max(bytes_per_sample, 1))
     n_chunks = max(-(-n_samples // chunk_size), min(workers(n_jobs)[0], n_samples))
     return list(gen_even_slices(n_samples, n_chunks))
 

@@ -280,7 +280,11 @@ class UnrolledMap:
         stages = self.stages(params)
         op = self.operator(stages[0].K)
         slices = chunk_slices(
-            len(X_noisy), self._tape_bytes(op, X_noisy.itemsize), n_jobs, chunk_size
+            len(X_noisy),
+            self._tape_bytes(op, X_noisy.itemsize),
+            n_jobs,
+            chunk_size,
+            sample_size=op.n_primal,
         )
         results = map_chunks(
             _chunk_loss_grad, slices, n_jobs, self, stages, X_noisy, X_clean
@@ -337,7 +341,12 @@ class UnrolledMap:
         # No tape: about three layers' iterates per row, kept in cache.
         per_row = 3 * (op.n_primal + op.n_dual) * X_noisy.itemsize
         slices = chunk_slices(
-            len(X_noisy), per_row, n_jobs, chunk_size, budget=FORWARD_BYTES
+            len(X_noisy),
+            per_row,
+            n_jobs,
+            chunk_size,
+            budget=FORWARD_BYTES,
+            sample_size=op.n_primal,
         )
         parts = map_chunks(_chunk_apply, slices, n_jobs, self, stages, X_noisy)
         return np.concatenate(parts) if parts else np.empty_like(X_noisy)

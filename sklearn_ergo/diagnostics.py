@@ -170,7 +170,7 @@ def _record_layers(umap, K, X_noisy, X_clean, kernel_rtol=None, chunk_size=None)
     (stage,) = umap.stages({"K": K})
     steps, op = stage.steps, umap.operator(K)
     tape_bytes = (L + 1) * sum(K.shape) * K.itemsize
-    for s in chunk_slices(n_samples, tape_bytes, 1, chunk_size):
+    for s in chunk_slices(n_samples, tape_bytes, 1, chunk_size, sample_size=K.shape[1]):
         X = X_noisy[s]
         X_hat, tapes = umap.forward([stage], X, record=True)
         g = (X_hat - X_clean[s]) / n_samples

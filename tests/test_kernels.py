@@ -176,9 +176,13 @@ def test_default_chunks_bound_the_tape():
     """Chunks keep the tape near the budget and give every job work."""
     n_layers, n, m, itemsize = 50, 64, 112, 8
     per_sample = (n_layers + 1) * (n + m) * itemsize
-    slices = chunk_slices(100_000, per_sample, n_jobs=2)
+    slices = chunk_slices(100_000, per_sample, n_jobs=2, sample_size=n)
     sizes = [s.stop - s.start for s in slices]
     assert sum(sizes) == 100_000
     assert max(sizes) * per_sample <= TAPE_BYTES
-    assert len(chunk_slices(10, per_sample, n_jobs=2)) == 2
-    assert chunk_slices(0, per_sample, n_jobs=2) == []
+    assert len(chunk_slices(10, per_sample, n_jobs=2, sample_size=n)) == 2
+    assert chunk_slices(0, per_sample, n_jobs=2, sample_size=n) == []
+    # Whole images have large products on their own: one image per chunk
+    # when its tape alone exceeds the budget, never 32 images' tapes.
+    image = chunk_slices(5, 3 * TAPE_BYTES, n_jobs=1, sample_size=76 * 76)
+    assert [s.stop - s.start for s in image] == [1] * 5
