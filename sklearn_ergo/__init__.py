@@ -3,6 +3,7 @@ unrolled Chambolle-Pock iterations (last iterate or ergodic average)."""
 
 from ._denoiser import ImageDenoiser
 from ._estimator import AnalysisOperatorLearner
+from ._noise import estimate_sigma
 from ._pretrained import denoise_image
 from ._unrolled import unrolled_denoise, unrolled_loss_grad
 
@@ -10,6 +11,7 @@ __all__ = [
     "AnalysisOperatorLearner",
     "ImageDenoiser",
     "denoise_image",
+    "estimate_sigma",
     "unrolled_denoise",
     "unrolled_loss_grad",
 ]
