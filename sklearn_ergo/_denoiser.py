@@ -540,8 +540,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         channel_axis : int or None, default=None
             Axis of the channels of a 3-D colour image, as in scikit-image
             (e.g. ``-1`` for ``(H, W, 3)``).  3 channels: RGB, denoised per
-            ``color``; 4: RGBA, the alpha channel is returned untouched; any
-            other number: channels denoised independently.
+            ``color``; 4: RGBA and 2: gray + alpha, the alpha channel is
+            returned untouched; any other number: channels denoised
+            independently.
 
         Returns
         -------

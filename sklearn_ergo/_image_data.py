@@ -25,8 +25,8 @@ class Planes:
     """An image as float64 data in a canonical layout, and how to give it back.
 
     ``data`` is ``(H, W)`` (kind ``"gray"``), ``(N, H, W)`` (``"stack"``) or
-    ``(H, W, C)`` (``"colour"``, the channel axis moved last; with ``C == 4``
-    the last channel is alpha and ``C == 3`` or ``4`` is RGB(A)).
+    ``(H, W, C)`` (``"colour"``, the channel axis moved last): ``C == 3``
+    is RGB, ``4`` RGBA and ``2`` gray + alpha; alpha is never denoised.
     """
 
     def __init__(self, data, kind, dtype, channel_axis, in_unit_range):
@@ -36,12 +36,15 @@ class Planes:
         self.in_unit_range = in_unit_range
 
     @property
+    def has_alpha(self):
+        return self.kind == "colour" and self.data.shape[2] in (2, 4)
+
+    @property
     def n_colours(self):
         """Channels denoised (alpha excluded)."""
         if self.kind != "colour":
             return 1
-        C = self.data.shape[2]
-        return 3 if C == 4 else C
+        return self.data.shape[2] - self.has_alpha
 
     @property
     def rgb(self):
@@ -100,8 +103,8 @@ class Planes:
             out = np.moveaxis(out, 0, 2)
             if self.rgb and color == "opponent":
                 out = out @ OPPONENT
-            if self.data.shape[2] == 4:
-                out = np.concatenate([out, self.data[:, :, 3:]], axis=2)
+            if self.has_alpha:
+                out = np.concatenate([out, self.data[:, :, -1:]], axis=2)
         elif self.kind == "gray":
             out = out[0]
         return out
@@ -122,9 +125,9 @@ class Planes:
             out = out.astype(self.dtype)
         if self.kind == "colour":
             out = np.moveaxis(out, 2, self.channel_axis)
-            if out.shape[self.channel_axis] == 4:
+            if self.has_alpha:
                 alpha = [slice(None)] * 3
-                alpha[self.channel_axis] = 3
+                alpha[self.channel_axis] = -1
                 out[tuple(alpha)] = np.asarray(original)[tuple(alpha)]
         return out
 

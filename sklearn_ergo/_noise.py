@@ -129,8 +129,8 @@ def estimate_sigma(image, *, channel_axis=None):
         dtype and range.
     channel_axis : int or None, default=None
         Axis of the colour channels of a 3-D image (e.g. ``-1`` for
-        ``(H, W, 3)``); ``None``: no channel axis.  With 4 channels the last
-        one is alpha and is ignored.
+        ``(H, W, 3)``); ``None``: no channel axis.  With 4 (RGBA) or 2 (gray
+        + alpha) channels the last one is alpha and is ignored.
 
     Returns
     -------

@@ -151,7 +151,9 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
     channel_axis : int or None, default=None
         Axis of the channels of a 3-D colour image, as in scikit-image (e.g.
         ``-1`` for ``(H, W, 3)``): RGB is denoised in an opponent colour
-        space, the alpha channel of RGBA is returned untouched.
+        space; 4 channels are RGBA and 2 gray + alpha, the alpha channel is
+        returned untouched; other numbers of channels are denoised
+        independently.
     data_range : float, default=None
         Range of the image's values, to choose the model: the noise level
         relative to it, ``255 * sigma / data_range``, is the level in 8-bit
