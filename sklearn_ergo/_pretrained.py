@@ -200,6 +200,12 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
     dtype('uint16')
     """
     planes = as_planes(image, channel_axis)
+    if planes.kind == "stack" and planes.data.shape[2] in (3, 4):
+        raise ValueError(
+            f"image has shape {planes.data.shape}: with channel_axis=None it is a "
+            f"stack of images {planes.data.shape[2]} pixels wide, too narrow for "
+            "the 5x5 filters; for an RGB(A) image pass channel_axis=-1."
+        )
     if planes.kind == "stack":
         return np.stack(
             [denoise_image(im, sigma, data_range=data_range) for im in image]
