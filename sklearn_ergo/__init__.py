@@ -4,6 +4,7 @@ unrolled Chambolle-Pock iterations (last iterate or ergodic average)."""
 from ._analysis_operator import AnalysisOperatorLearner
 from ._image_denoiser import ImageDenoiser
 from ._model_io import load_denoiser, save_denoiser
+from ._noise import estimate_sigma
 from ._pretrained import denoise_image
 from ._unrolled import unrolled_denoise, unrolled_loss_grad
 
@@ -11,6 +12,7 @@ __all__ = [
     "AnalysisOperatorLearner",
     "ImageDenoiser",
     "denoise_image",
+    "estimate_sigma",
     "load_denoiser",
     "save_denoiser",
     "unrolled_denoise",

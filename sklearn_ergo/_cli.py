@@ -1,55 +1,35 @@
-"""Command line: ``demo``, ``denoise`` an image file, ``train`` a denoiser on images.
+"""Command line: ``demo``, ``denoise`` image files, ``train`` a denoiser on images.
 
 ``main(argv)`` takes the arguments after the program name, starting with the
-subcommand, and returns the exit status; every user error is one line on
-stderr and a non-zero status.  Image files are read and written with Pillow
-(``pip install "sklearn-ergo[image]"``).
+subcommand, and returns the exit status: 0 when everything succeeded, 1 when
+a file failed or on a user error (one line on stderr per error), 2 on bad
+arguments (argparse's message).  Image files are read and written with
+Pillow (``pip install "sklearn-ergo[image]"``) at their own bit depth.
 """
 
 import argparse
+import os
+import pathlib
 import sys
+import time
 
 import numpy as np
+
+from ._image_io import (
+    ImageFileError,
+    as_training_image,
+    channel_axis_of,
+    image_extensions,
+    pillow,
+    read_image,
+    write_image,
+)
 
 PROG = "python -m sklearn_ergo"
 
 
 class CommandError(Exception):
     """A user error, reported as one line on stderr."""
-
-
-def _pillow():
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise CommandError(
-            'reading and writing images needs Pillow: pip install "sklearn-ergo[image]"'
-        ) from exc
-    return Image
-
-
-def read_image(path):
-    """An image file as a uint8 array, gray ``(H, W)`` or RGB ``(H, W, 3)``."""
-    Image = _pillow()
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-            if img.mode in ("I", "I;16", "F"):
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if arr.max() > 255 else 255.0
-                return np.round(np.clip(arr / top, 0, 1) * 255).astype(np.uint8)
-            return np.asarray(img.convert(mode))
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read image {path!r}: {exc}") from exc
-
-
-def write_image(path, array):
-    Image = _pillow()
-    try:
-        Image.fromarray(array).save(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CommandError(f"cannot write image {path!r}: {exc}") from exc
 
 
 def _sigma(text):
@@ -94,19 +74,46 @@ def build_parser():
 
     den = sub.add_parser(
         "denoise",
-        help="denoise an image file",
-        description="Denoise a gray or RGB image (PNG, JPEG, TIFF, ...).",
+        help="denoise image files or folders",
+        description="Denoise gray, RGB or RGBA images (PNG, TIFF, JPEG, ...) at "
+        "their own bit depth: a 16-bit file stays 16-bit, alpha is kept.  Without "
+        "--sigma the noise level of every image is estimated.  One line per "
+        "image: its name, the noise level used (8-bit units) and the seconds "
+        "taken.  Exit status: 0 if every image was denoised, 1 if any failed "
+        "(the others are still written) or on a user error, 2 on bad arguments.",
     )
-    den.add_argument("input", help="noisy image file")
-    den.add_argument("-o", "--output", required=True, help="denoised image file")
+    den.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="input",
+        help="noisy image files, or folders (their image files, not recursive)",
+    )
+    den.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder (created if needed; each image keeps its name), or "
+        "an output file when the input is one file",
+    )
     den.add_argument(
         "--sigma",
         type=_sigma,
-        required=True,
-        help="noise standard deviation in 8-bit units (0-255), e.g. 25",
+        default=None,
+        help="noise standard deviation in 8-bit units (0-255) whatever the bit "
+        "depth, e.g. 25 (25 x 257 in a 16-bit file); default: estimated per image",
     )
     den.add_argument(
         "--model", help="a model .npz from 'train' (default: the shipped operators)"
+    )
+    den.add_argument(
+        "-j",
+        "--n-jobs",
+        type=int,
+        default=1,
+        help="images denoised in parallel (joblib; -1: all cores)",
+    )
+    den.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files"
     )
 
     tr = sub.add_parser(
@@ -143,30 +150,131 @@ def build_parser():
 def _demo(args):
     from ._demo import run_demo
 
-    _pillow()
+    pillow()
     run_demo(args.n_patches, args.n_layers, args.max_iter, n_jobs=args.n_jobs)
 
 
-def _denoise(args):
+def _jobs(args):
+    """The (input, output) pairs; errors in the arguments as CommandError."""
+    extensions = image_extensions()
+    inputs, skipped = [], 0
+    for name in args.inputs:
+        path = pathlib.Path(name)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            images = [p for p in files if p.suffix.lower() in extensions]
+            skipped += len(files) - len(images)
+            inputs += images
+        else:
+            inputs.append(path)  # a missing or unreadable file fails on its own
+    if skipped:
+        print(f"skipped {skipped} file(s) without an image extension", flush=True)
+    if not inputs:
+        raise CommandError(f"no image files in {' '.join(args.inputs)}")
+    output = pathlib.Path(args.output)
+    single = (
+        len(args.inputs) == 1
+        and not pathlib.Path(args.inputs[0]).is_dir()
+        and not output.is_dir()
+        and not args.output.endswith(("/", os.sep))
+    )
+    if single:
+        return [(inputs[0], output)]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot create output folder {args.output!r}: {exc}"
+        ) from exc
+    names = [p.name for p in inputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CommandError(
+            f"several inputs are named {', '.join(twice)}: their outputs in "
+            f"{args.output} would overwrite each other"
+        )
+    return [(p, output / p.name) for p in inputs]
+
+
+def _denoise_file(source, target, sigma, model_path, overwrite):
+    """Denoise one file; returns (sigma in 8-bit units or None, error or None)."""
+    from ._image_data import as_planes
     from ._model_io import load_denoiser
+    from ._noise import estimate_sigma
     from ._pretrained import denoise_image
 
-    image = read_image(args.input)
     try:
-        if args.model is None:
-            out = denoise_image(image, args.sigma)
+        if target.exists() and not overwrite:
+            raise CommandError(f"{str(target)!r} exists (use --overwrite)")
+        image = read_image(source)
+        axis = channel_axis_of(image)
+        data_range = as_planes(image, axis).data_range()
+        if sigma is None:
+            level = estimate_sigma(image, channel_axis=axis) * 255 / data_range
         else:
-            out = load_denoiser(args.model).denoise(image, sigma=args.sigma)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-    write_image(args.output, out)
+            level = sigma
+        units = level * data_range / 255
+        if model_path is None:
+            out = denoise_image(image, units, channel_axis=axis) if level else image
+        else:
+            model = load_denoiser(model_path)
+            out = model.denoise(image, units, channel_axis=axis) if level else image
+        write_image(target, out)
+    except (CommandError, ValueError, TypeError, OSError) as exc:
+        return None, str(exc)
+    return level, None
+
+
+def _denoise(args):
+    from joblib import Parallel, delayed
+
+    if args.model is not None:
+        from ._model_io import load_denoiser
+
+        try:
+            load_denoiser(args.model)  # a bad model fails once, not per file
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+    jobs = _jobs(args)
+
+    def run(source, target):
+        start = time.perf_counter()
+        level, error = _denoise_file(
+            source, target, args.sigma, args.model, args.overwrite
+        )
+        return source, target, level, error, time.perf_counter() - start
+
+    results = Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(
+        delayed(run)(source, target) for source, target in jobs
+    )
+    errors = []
+    for k, (source, target, level, error, seconds) in enumerate(results, 1):
+        if error is None:
+            how = "given" if args.sigma is not None else "estimated"
+            print(
+                f"[{k}/{len(jobs)}] {source} -> {target}: sigma {level:.2f} "
+                f"({how}), {seconds:.1f} s",
+                flush=True,
+            )
+        else:
+            errors.append(error)
+            print(f"[{k}/{len(jobs)}] {source}: failed", flush=True)
+            print(f"{PROG} denoise: error: {error}", file=sys.stderr, flush=True)
+    if errors:
+        if len(jobs) > 1:
+            print(f"{len(errors)} of {len(jobs)} images failed", flush=True)
+        return 1
+    return 0
 
 
 def _train(args):
     from ._image_denoiser import ImageDenoiser
     from ._model_io import save_denoiser
 
-    images = [read_image(path) for path in args.images]
+    try:
+        images = [as_training_image(read_image(path)) for path in args.images]
+    except ImageFileError as exc:
+        raise CommandError(str(exc)) from exc
     common = dict(
         n_filters=args.n_filters,
         patch_size=args.patch_size,
@@ -208,8 +316,8 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 on a user error (one line on stderr), 2 on bad
-        arguments (argparse's message).
+        0 on success, 1 if a file failed or on a user error (one line on
+        stderr per error), 2 on bad arguments (argparse's message).
     """
     parser = build_parser()
     try:
@@ -217,8 +325,10 @@ def main(argv=None):
     except SystemExit as exc:  # --help, or an argparse error already printed
         return int(exc.code or 0)
     try:
-        {"demo": _demo, "denoise": _denoise, "train": _train}[args.command](args)
-    except CommandError as exc:
+        status = {"demo": _demo, "denoise": _denoise, "train": _train}[args.command](
+            args
+        )
+    except (CommandError, ImageFileError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0

@@ -21,22 +21,13 @@ from ._convolutional import (
     images_loss_grad,
     pad_images,
 )
+from ._image_data import as_planes
 from ._init import initial_filters
 from ._optim import BestTracker, StopKeepingBest, lbfgs, search_log_scale
 from ._penalties import PENALTIES, make_penalty
 from ._steps import AcceleratedSteps
 from ._unrolled_map import UnrolledMap
 
-# Orthonormal opponent colour transform (rows: luminance, red-blue,
-# green-magenta): i.i.d. noise of standard deviation s in RGB stays i.i.d. of
-# deviation s in every opponent channel, so one gray model serves all three.
-_OPPONENT = np.array(
-    [
-        [1 / np.sqrt(3), 1 / np.sqrt(3), 1 / np.sqrt(3)],
-        [1 / np.sqrt(2), 0.0, -1 / np.sqrt(2)],
-        [1 / np.sqrt(6), -2 / np.sqrt(6), 1 / np.sqrt(6)],
-    ]
-)
 # BT.601 luma, as in skimage.color.rgb2gray, for training on colour images.
 _LUMA = np.array([0.299, 0.587, 0.114])
 # Fitted attributes of the penalties' parameters (``eps_`` of "log").
@@ -77,14 +68,6 @@ def as_float_image(image, name="image"):
             f"{arr.shape}."
         )
     return out, arr.dtype
-
-
-def restore_dtype(image, dtype):
-    """Clip to ``[0, 1]`` and convert back to the input's dtype and range."""
-    image = np.clip(image, 0.0, 1.0)
-    if dtype == np.uint8:
-        return np.round(image * 255.0).astype(np.uint8)
-    return image.astype(dtype)
 
 
 def _gray(image):
@@ -562,57 +545,84 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             )
         return np.stack([_patch_denoise(self.patch_estimator_, im) for im in images])
 
-    def denoise(self, image, sigma=None):
-        """Denoise one image.
+    def denoise(self, image, sigma=None, *, channel_axis=None):
+        """Denoise one image, a colour image or a stack of gray images.
 
         Parameters
         ----------
-        image : ndarray of shape (H, W) or (H, W, 3)
-            uint8, or float in ``[0, 1]``.
+        image : ndarray of shape (H, W), (N, H, W) or with a channel axis
+            Any real dtype (uint8, uint16, signed integers, floats) and range.
+            2-D: a gray image; 3-D with ``channel_axis=None``: a stack of
+            gray images, denoised one by one; 3-D with ``channel_axis``: a
+            colour image.
         sigma : float, default=None
-            Noise standard deviation in the image's units (e.g. 25 for uint8,
-            25/255 for float); ``None``: the level the model was trained for.
-            Other levels are handled by rescaling the image so that its noise
-            has the trained level, denoising, and scaling back (for the
-            converged l1 model this is exactly scaling the weight of ``K``
-            linearly with ``sigma``; for the log penalty ``eps`` scales too).
+            Noise standard deviation in the image's units: e.g. 25 for uint8,
+            6400 for uint16, 25/255 for a float image in ``[0, 1]``.
+            ``None``: the level the model was trained for, relative to the
+            image's range (the dtype's range for integers; 1 for floats within
+            ``[-1, 2]``, else max - min).  Every plane ``x`` is denoised as
+            ``(D(a x + b) - b) / a`` with ``a = noise_std_ / sigma``, so that
+            its noise has the trained level; ``b`` is 0 unless the plane's
+            median ``m`` has ``a m`` outside ``[0, 1]``, where the training
+            images lie: then ``b`` moves it to the nearest end.  For the
+            converged l1 model, ``a`` is exactly scaling the weight of ``K``
+            linearly with ``sigma``; for the log penalty ``eps`` scales too.
+        channel_axis : int or None, default=None
+            Axis of the channels of a 3-D colour image, as in scikit-image
+            (e.g. ``-1`` for ``(H, W, 3)``).  3 channels: RGB, denoised per
+            ``color``; 4: RGBA and 2: gray + alpha, the alpha channel is
+            returned untouched; any other number: channels denoised
+            independently.
 
         Returns
         -------
         ndarray of the input's shape and dtype
+            Integers are rounded and clipped to their dtype's range; float
+            output is clipped to ``[0, 1]`` if the input lay in ``[0, 1]``,
+            else not clipped.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_ergo._pretrained import pretrained_denoiser
+        >>> den = pretrained_denoiser(25)
+        >>> rng = np.random.default_rng(0)
+        >>> levels = rng.integers(10_000, 50_000, size=(4, 4))
+        >>> clean = np.kron(levels, np.ones((16, 16)))
+        >>> noisy = np.round(clean + 6400 * rng.standard_normal(clean.shape))
+        >>> noisy = np.clip(noisy, 0, 65535).astype(np.uint16)
+        >>> out = den.denoise(noisy, sigma=6400)
+        >>> out.dtype
+        dtype('uint16')
+        >>> bool(np.std(out - clean) < np.std(noisy - clean) / 2)
+        True
         """
         check_is_fitted(self)
-        arr, dtype = as_float_image(image)
+        planes = as_planes(image, channel_axis)
         p = self._patch_size()
-        if min(arr.shape[:2]) < p:
+        shape = planes.data.shape[1:] if planes.kind == "stack" else planes.data.shape
+        if min(shape[:2]) < p:
+            hint = ""
+            if planes.kind == "stack" and shape[1] in (3, 4):
+                hint = " (for an RGB image pass channel_axis=-1)"
             raise ValueError(
-                f"image has shape {arr.shape}; it must be at least {p}x{p} pixels."
+                f"image has shape {np.shape(image)}; it must be at least {p}x{p} "
+                f"pixels{hint}."
             )
-        scale = 1.0
-        if sigma is not None:
-            sigma = float(sigma) / (255.0 if dtype == np.uint8 else 1.0)
-            if not (np.isfinite(sigma) and sigma > 0):
-                raise ValueError(f"sigma must be a positive number, got {sigma!r}.")
-            scale = self.noise_std_ / sigma
-        if arr.ndim == 2:
-            channels = arr[None]
-        elif self.color == "opponent":
-            channels = np.moveaxis(arr @ _OPPONENT.T, 2, 0)
-        else:
-            channels = np.moveaxis(arr, 2, 0)
-        out = self._denoise_gray(channels * scale) / scale
-        if arr.ndim == 2:
-            out = out[0]
-        else:
-            out = np.moveaxis(out, 0, 2)
-            if self.color == "opponent":
-                out = out @ _OPPONENT
-        return restore_dtype(out, dtype)
+        if sigma is None:
+            sigma = self.noise_std_ * planes.data_range()
+        sigma = float(sigma)
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a positive number, got {sigma!r}.")
+        out = planes.denoise(self._denoise_gray, sigma, self.noise_std_, self.color)
+        return planes.restore(out, image)
 
     def transform(self, X):
-        """Denoise a list (or ``(n, H, W)`` array) of images at the trained level."""
-        out = [self.denoise(image) for image in X]
-        return np.stack(out) if isinstance(X, np.ndarray) else out
+        """Denoise a list of gray images (or an ``(n, H, W)`` stack) at the trained
+        level."""
+        if isinstance(X, np.ndarray) and X.ndim == 3:
+            return self.denoise(X)
+        return [self.denoise(image) for image in X]
 
 
 def _response_rms(D, images):

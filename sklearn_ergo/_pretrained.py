@@ -9,8 +9,9 @@ from importlib import resources
 
 import numpy as np
 
-from ._image_denoiser import as_float_image
+from ._image_data import as_planes
 from ._model_io import load_denoiser
+from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
 #: shipped operators.
@@ -33,31 +34,54 @@ def _reweighted(denoiser):
     return denoiser._map().penalty.reweighted
 
 
-def denoise_image(image, sigma):
-    """Denoise a gray or RGB image with the shipped pretrained operators.
+def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
+    """Denoise an image of any dtype and range with the shipped operators.
 
     Parameters
     ----------
-    image : ndarray of shape (H, W) or (H, W, 3)
-        uint8, or float in ``[0, 1]``.
-    sigma : float
+    image : ndarray of shape (H, W), (N, H, W) or with a channel axis
+        Any real dtype (uint8, uint16, signed integers, floats) and range.
+        2-D: a gray image; 3-D with ``channel_axis=None``: a stack of gray
+        images, denoised one by one (each with its own estimated ``sigma``
+        when ``sigma=None``); 3-D with ``channel_axis``: a colour image.
+    sigma : float, default=None
         Standard deviation of the Gaussian noise in the units of the image's
-        values: 25 for a uint8 image is 25/255 for a float one.  The model
-        of a shipped level ``s`` runs on the image rescaled by ``s / sigma``,
-        so that its noise has exactly the level ``s``, and the result is
-        scaled back.  ``s`` is ``sigma`` if it is a shipped level, else the
-        next level up (the largest, 50, above it), unless that model has the
-        convex l1 penalty and the level below has the log penalty: then the
-        level below.
-        Measured on held-out images (``python benchmarks/bench_sigma.py``):
-        between 5 and 25 the upper neighbour is 0.01-0.16 dB better than
-        the lower one; between 25 and 50 the log-penalty model of 25 is
-        0.22-0.31 dB better than the l1 model of 50.  Below 5 and above 50
-        the rule is not measured.
+        values: 25 for a uint8 image is 6425 (25 x 257) for the same image
+        in uint16 and 25/255 for a float one in ``[0, 1]``.  ``None``: it is
+        estimated by :func:`estimate_sigma` (blind mode); a noise-free
+        image (estimate 0) is returned unchanged.
+    channel_axis : int or None, default=None
+        Axis of the channels of a 3-D colour image, as in scikit-image (e.g.
+        ``-1`` for ``(H, W, 3)``): RGB is denoised in an opponent colour
+        space; 4 channels are RGBA and 2 gray + alpha, the alpha channel is
+        returned untouched; other numbers of channels are denoised
+        independently.
+    data_range : float, default=None
+        Range of the image's values, to choose the model: the noise level
+        relative to it, ``255 * sigma / data_range``, is the level in 8-bit
+        units.  ``None``: the dtype's range for integers (255 for uint8,
+        65535 for uint16), 1 for floats within ``[-1, 2]`` (images in
+        ``[0, 1]``, possibly with unclipped noise), else max - min.
 
     Returns
     -------
     ndarray of the input's shape and dtype
+        Integers are rounded and clipped to their dtype's range; float output
+        is clipped to ``[0, 1]`` if the input lay in ``[0, 1]``, else not
+        clipped (data in physical units keeps its range).
+
+    Notes
+    -----
+    The model of a shipped level ``s`` runs on the image rescaled so that
+    its noise has exactly the level ``s``, and the result is scaled back
+    (see :meth:`ImageDenoiser.denoise`).  ``s`` is the 8-bit level if it is
+    a shipped level, else the next level up (the largest, 50, above it),
+    unless that model has the convex l1 penalty and the level below has the
+    log penalty: then the level below.  Measured on held-out images
+    (``python benchmarks/bench_sigma.py``): between 5 and 25 the upper
+    neighbour is 0.01-0.16 dB better than the lower one; between 25 and 50
+    the log-penalty model of 25 is 0.22-0.31 dB better than the l1 model of
+    50.  Below 5 and above 50 the rule is not measured.
 
     Examples
     --------
@@ -66,23 +90,47 @@ def denoise_image(image, sigma):
     >>> rng = np.random.default_rng(0)
     >>> clean = np.kron(rng.uniform(size=(8, 8)), np.ones((16, 16)))
     >>> noisy = clean + 25 / 255 * rng.standard_normal(clean.shape)
-    >>> out = denoise_image(noisy, 25 / 255)
+    >>> out = denoise_image(noisy)  # blind: the noise level is estimated
     >>> bool(np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2) / 4)
     True
+
+    A 16-bit image, with the noise level in 16-bit units:
+
+    >>> noisy16 = np.clip(np.round(noisy * 65535), 0, 65535).astype(np.uint16)
+    >>> out16 = denoise_image(noisy16, sigma=25 * 257)
+    >>> out16.dtype
+    dtype('uint16')
     """
-    _, dtype = as_float_image(image)
-    level = float(sigma) * (1.0 if dtype == np.uint8 else 255.0)
+    planes = as_planes(image, channel_axis)
+    if planes.kind == "stack" and planes.data.shape[2] in (3, 4):
+        raise ValueError(
+            f"image has shape {planes.data.shape}: with channel_axis=None it is a "
+            f"stack of images {planes.data.shape[2]} pixels wide, too narrow for "
+            "the 5x5 filters; for an RGB(A) image pass channel_axis=-1."
+        )
+    if planes.kind == "stack":
+        return np.stack(
+            [denoise_image(im, sigma, data_range=data_range) for im in image]
+        )
+    if sigma is None:
+        sigma = estimate_sigma(image, channel_axis=channel_axis)
+        if sigma == 0:
+            return planes.restore(planes.data, image)
+    if data_range is None:
+        data_range = planes.data_range()
+    level = 255.0 * float(sigma) / float(data_range)
     if not (np.isfinite(level) and 0 < level <= 255):
         raise ValueError(
             f"sigma must be positive and at most the image range, got {sigma!r}."
         )
     upper = min((s for s in PRETRAINED_LEVELS if s >= level), default=None)
     if upper is None:
-        return pretrained_denoiser(PRETRAINED_LEVELS[-1]).denoise(image, sigma=sigma)
-    model = pretrained_denoiser(upper)
-    lower = max((s for s in PRETRAINED_LEVELS if s < level), default=None)
-    if upper != level and lower is not None and not _reweighted(model):
-        below = pretrained_denoiser(lower)
-        if _reweighted(below):
-            model = below
-    return model.denoise(image, sigma=sigma)
+        model = pretrained_denoiser(PRETRAINED_LEVELS[-1])
+    else:
+        model = pretrained_denoiser(upper)
+        lower = max((s for s in PRETRAINED_LEVELS if s < level), default=None)
+        if upper != level and lower is not None and not _reweighted(model):
+            below = pretrained_denoiser(lower)
+            if _reweighted(below):
+                model = below
+    return model.denoise(image, sigma=sigma, channel_axis=channel_axis)
