@@ -540,9 +540,14 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _denoise_gray(self, images):
         """Denoise a stack ``(n, H, W)`` of gray images at the trained level."""
         if self.structure == "convolutional":
-            return denoise_images(
-                self._map(), self._params(), images, n_jobs=self.n_jobs
+            # In float32: on Set12 the shipped models' PSNR is the same to four
+            # decimals and 1.5-1.9x faster (benchmarks/bench_float32_denoise.py);
+            # the images are scaled to the trained noise level, near [0, 1].
+            params = {k: v.astype(np.float32) for k, v in self._params().items()}
+            out = denoise_images(
+                self._map(), params, images.astype(np.float32), n_jobs=self.n_jobs
             )
+            return out.astype(images.dtype)
         return np.stack([_patch_denoise(self.patch_estimator_, im) for im in images])
 
     def denoise(self, image, sigma=None, *, channel_axis=None):
