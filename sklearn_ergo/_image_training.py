@@ -353,19 +353,9 @@ class TrainingResult:
     interrupted: bool
 
 
-def _config(
-    model, noise_std, n_steps, batch, crop, learning_rate, final_fraction, seed
-):
-    return {
-        **model.settings(),
-        "noise_std": noise_std,
-        "n_steps": n_steps,
-        "batch": batch,
-        "crop": crop,
-        "learning_rate": learning_rate,
-        "final_lr_fraction": final_fraction,
-        "seed": seed,
-    }
+def _config(model, **settings):
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    return {**model.settings(), **settings}
 
 
 def save_checkpoint(path, state, flat, config):
@@ -502,7 +492,16 @@ def train(
     TrainingResult
     """
     config = _config(
-        model, noise_std, n_steps, batch, crop, learning_rate, final_lr_fraction, seed
+        model,
+        noise_std=noise_std,
+        n_steps=n_steps,
+        batch=batch,
+        crop=crop,
+        learning_rate=learning_rate,
+        final_lr_fraction=final_lr_fraction,
+        seed=seed,
+        val_seed=val_seed,
+        dtype=np.dtype(dtype).name,
     )
     small = [im.shape for im in train_images if min(im.shape) < crop]
     if small:
