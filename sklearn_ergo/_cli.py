@@ -118,18 +118,26 @@ def build_parser():
 
     tr = sub.add_parser(
         "train",
-        help="train a denoiser on clean image files",
+        help="train a denoiser on clean image files or a folder of them",
         description="Learn a convolutional denoiser from clean images, adding "
-        "Gaussian noise of --sigma; shows the progress.",
+        "Gaussian noise of --sigma; shows the progress.  With image files: "
+        "L-BFGS on a few redrawn crops (ImageDenoiser).  With --data DIR: "
+        "mini-batch Adam on random crops of the folder's images with fresh "
+        "noise and random flips and rotations at every step, validated on "
+        "--validation DIR (whole images) or else on fixed crops of the "
+        "training images, resumable from a checkpoint (log penalty).",
     )
-    tr.add_argument("images", nargs="+", help="clean training image files")
+    tr.add_argument("images", nargs="*", help="clean training image files")
+    tr.add_argument("--data", help="folder of clean training images (8-bit gray)")
     tr.add_argument("--sigma", type=_sigma, required=True, help="noise level (0-255)")
     tr.add_argument("-o", "--output", required=True, help="model file (.npz)")
     tr.add_argument("--n-filters", type=_positive_int, default=16)
     tr.add_argument("--patch-size", type=_positive_int, default=5)
     tr.add_argument("--n-layers", type=_positive_int, default=20)
     tr.add_argument("--crop-size", type=_positive_int, default=64)
-    tr.add_argument("--n-crops", type=_positive_int, default=16)
+    tr.add_argument(
+        "--n-crops", type=_positive_int, default=16, help="crops per draw (per step)"
+    )
     tr.add_argument("--max-iter", type=_positive_int, default=40)
     tr.add_argument(
         "--penalty",
@@ -144,6 +152,23 @@ def build_parser():
     )
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
+    folder = tr.add_argument_group("with --data")
+    folder.add_argument("--validation", help="folder of clean validation images")
+    folder.add_argument(
+        "--steps", type=_positive_int, default=1000, help="Adam steps (default 1000)"
+    )
+    folder.add_argument(
+        "--learning-rate", type=float, default=0.01, help="initial (default 0.01)"
+    )
+    folder.add_argument(
+        "--validate-every", type=_positive_int, default=100, help="steps (100)"
+    )
+    folder.add_argument(
+        "--checkpoint", help="checkpoint file (default: OUTPUT.checkpoint.npz)"
+    )
+    folder.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint"
+    )
     return parser
 
 
@@ -268,6 +293,12 @@ def _denoise(args):
 
 
 def _train(args):
+    if args.data is not None:
+        if args.images:
+            raise CommandError("give image files or --data DIR, not both")
+        return _train_folder(args)
+    if not args.images:
+        raise CommandError("give clean image files or --data DIR")
     from ._image_denoiser import ImageDenoiser
     from ._model_io import save_denoiser
 
@@ -307,6 +338,63 @@ def _train(args):
         f"saved the {den.penalty} model to {args.output}: validation PSNR "
         f"{den.validation_psnr_[0]:.2f} dB (initial) -> "
         f"{max(den.validation_psnr_):.2f} dB (best)"
+    )
+
+
+def _train_folder(args):
+    from ._image_training import (
+        ImageModel,
+        random_crops,
+        save_model,
+        train,
+    )
+    from .datasets import load_image_folder
+
+    if args.penalty != "log":
+        raise CommandError("--data trains the log-penalty model; omit --penalty")
+    output = args.output if args.output.endswith(".npz") else args.output + ".npz"
+    checkpoint = args.checkpoint or output[: -len(".npz")] + ".checkpoint.npz"
+    try:
+        images = load_image_folder(args.data)
+        if args.validation is not None:
+            validation = load_image_folder(args.validation)
+        else:
+            # A fixed draw of crops (their own seed), denoised like whole images.
+            rng = np.random.default_rng([args.random_state, 1])
+            validation = list(random_crops(images, args.n_crops, args.crop_size, rng))
+        model = ImageModel(
+            args.n_filters,
+            args.patch_size,
+            args.n_layers,
+            args.n_stages,
+            n_jobs=args.n_jobs,
+        )
+        result = train(
+            model,
+            images,
+            validation,
+            noise_std=args.sigma / 255.0,
+            n_steps=args.steps,
+            batch=args.n_crops,
+            crop=args.crop_size,
+            learning_rate=args.learning_rate,
+            validate_every=args.validate_every,
+            checkpoint=checkpoint,
+            resume=args.resume,
+            seed=args.random_state,
+            log=lambda line: print(line, flush=True),
+        )
+        save_model(model, result.best_params, args.sigma / 255.0, output)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write {exc.filename or output!r}: {exc}") from exc
+    state = (
+        "interrupted: rerun with --resume to continue" if result.interrupted else "done"
+    )
+    print(
+        f"{state}; saved the model of step {result.best_step} (validation PSNR "
+        f"{result.best_psnr:.2f} dB) to {output}"
     )
 
 

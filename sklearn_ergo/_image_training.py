@@ -1,0 +1,633 @@
+"""Mini-batch training of a convolutional denoiser on a folder of clean images.
+
+Every step draws ``batch`` random ``crop x crop`` crops of random training
+images, each under one of the 8 symmetries of the square (rotations by
+multiples of 90 degrees, with or without a flip), adds *fresh* Gaussian noise
+of the training level, and takes one Adam step on the mean loss of the
+batch.  Every ``validate_every`` steps the denoiser runs on whole validation
+images under the protocol of the published denoising tables
+(:func:`benchmark_noise`, :func:`psnr`), and the parameters with the best
+validation PSNR are kept.
+
+The model is any object with
+
+- ``loss_grad(params, noisy, clean) -> (loss, grads)``: ``params`` and
+  ``grads`` are dicts of arrays of the same shapes, ``noisy`` and ``clean``
+  are ``(N, H, W)`` crops padded by ``model.pad`` pixels on each side;
+- ``denoise(params, images) -> images`` for ``(N, H, W)`` images;
+- ``pad`` (int), ``positive`` (the keys of parameters that must stay
+  positive: they are optimised through their logarithm), ``settings()`` (a
+  dict of JSON values that identifies the model in a checkpoint) and
+  ``initial_params(clean, noisy, rng)``.
+
+:class:`ImageModel` adapts the log-penalty convolutional denoiser of
+:class:`~sklearn_ergo.ImageDenoiser` to it.  The loop never looks at the shapes in
+``params``: a model with one operator per stage plugs in unchanged.
+
+A checkpoint (``.npz``, replaced atomically) holds everything the loop
+needs to continue exactly where it stopped: ``train(..., resume=True)``
+after an interruption gives bit for bit the run that was never interrupted.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import sklearn.base
+
+from ._convolutional import denoise_images, images_loss_grad
+from ._image_denoiser import ImageDenoiser
+from ._model_io import save_denoiser
+from ._optim import Adam
+
+#: Number of symmetries of the square applied to training crops.
+N_DIHEDRAL = 8
+
+_FORMAT = "sklearn-ergo-training-checkpoint-1"
+
+
+# -- data ---------------------------------------------------------------------
+def dihedral(image, t):
+    """Symmetry ``t`` in ``0..7`` of the square applied to the last two axes.
+
+    ``t % 4`` quarter turns, then a left-right flip when ``t >= 4``.
+    """
+    out = np.rot90(image, t % 4, axes=(-2, -1))
+    return np.flip(out, axis=-1) if t >= 4 else out
+
+
+def random_crops(images, n, size, rng):
+    """``n`` crops ``size x size`` of random images, each under a random symmetry.
+
+    Images are drawn with probability proportional to their area, positions
+    uniformly among those where the crop lies inside the image, symmetries
+    uniformly among the 8 of :func:`dihedral`.
+
+    Returns
+    -------
+    crops : ndarray of shape (n, size, size)
+    """
+    areas = np.array([im.size for im in images], dtype=np.float64)
+    which = rng.choice(len(images), size=n, p=areas / areas.sum())
+    crops = np.empty((n, size, size))
+    for k, i in enumerate(which):
+        H, W = images[i].shape
+        a = rng.integers(H - size + 1)
+        b = rng.integers(W - size + 1)
+        crops[k] = dihedral(images[i][a : a + size, b : b + size], rng.integers(8))
+    return crops
+
+
+def benchmark_noise(images, sigma, seed=0):
+    """Noisy copies of clean images: the protocol of the published tables.
+
+    ``clean + sigma * n`` with standard normal ``n`` (not clipped); the noise
+    of the ``i``-th image is drawn by ``np.random.default_rng([seed, i])``,
+    so it depends on the image's place in the (sorted) set and on ``seed``
+    only.  ``sigma`` is in the units of the images (``25 / 255`` for images
+    in ``[0, 1]``).
+    """
+    return [
+        im + sigma * np.random.default_rng([seed, i]).standard_normal(im.shape)
+        for i, im in enumerate(images)
+    ]
+
+
+def psnr(output, clean):
+    """PSNR (dB, peak 1) of an output clipped to ``[0, 1]`` against a clean image."""
+    err = np.clip(np.asarray(output, dtype=np.float64), 0.0, 1.0) - clean
+    return float(10.0 * np.log10(1.0 / np.mean(err**2)))
+
+
+# -- the model ------------------------------------------------------------------
+class ImageModel:
+    """The log-penalty convolutional :class:`ImageDenoiser`, for :func:`train`.
+
+    ``params = {"K": ([S,] n_filters, p * p), "eps": ([S,] n_filters)}``: the
+    parameters of ``ImageDenoiser(penalty="log", ...)._map()``, with a
+    leading stage axis ``S = n_stages`` when ``per_stage``.  ``init`` filters
+    (shape ``(n_filters, p * p)``), e.g. those of a smaller trained model
+    embedded in larger supports, replace the TV start.
+    """
+
+    positive = ("eps",)
+
+    def __init__(
+        self,
+        n_filters=48,
+        patch_size=7,
+        n_layers=20,
+        n_stages=2,
+        *,
+        per_stage=False,
+        init=None,
+        n_jobs=None,
+    ):
+        self.denoiser = ImageDenoiser(
+            n_filters=n_filters,
+            patch_size=patch_size,
+            n_layers=n_layers,
+            penalty="log",
+            n_stages=n_stages,
+            per_stage=per_stage,
+            init="tv" if init is None else np.asarray(init, dtype=np.float64),
+            n_jobs=n_jobs,
+        )
+        self.pad = patch_size - 1
+
+    def settings(self):
+        den = self.denoiser
+        init = "tv"
+        if not isinstance(den.init, str):  # identified by a digest of its values
+            init = hashlib.sha256(den.init.tobytes()).hexdigest()[:16]
+        return {
+            "model": "convolutional-log",
+            "n_filters": den.n_filters,
+            "patch_size": den.patch_size,
+            "n_layers": den.n_layers,
+            "n_stages": den.n_stages,
+            "per_stage": den.per_stage,
+            "init": init,
+        }
+
+    def loss_grad(self, params, noisy, clean):
+        den = self.denoiser
+        return images_loss_grad(den._map(), params, noisy, clean, n_jobs=den.n_jobs)
+
+    def denoise(self, params, images, pad=True):
+        den = self.denoiser
+        return denoise_images(den._map(), params, images, pad=pad, n_jobs=den.n_jobs)
+
+    def initial_params(self, clean, noisy, rng):
+        """The tuned start of :meth:`ImageDenoiser.fit` on the padded batch.
+
+        ``K = w D`` and ``eps = w e rms`` (``rms``: each filter's response on
+        the clean crops), ``(log w, log e)`` minimising the batch's loss; with
+        ``per_stage`` every stage starts there.
+        """
+        den = self.denoiser
+        den.noise_std_ = float(np.std(noisy - clean))
+        D, center = den._initial_filters(den.patch_size, rng)
+        umap = den._map()
+        shared = dataclasses.replace(umap, per_stage=False)
+        initial, u = den._tune_initial(shared, D, center, noisy, clean)
+        params = initial(u)
+        if umap.per_stage:
+            params = {k: np.stack([v] * umap.n_stages) for k, v in params.items()}
+        return params
+
+
+def save_model(model, params, noise_std, path):
+    """Save trained :class:`ImageModel` parameters as a model file.
+
+    The file of :func:`sklearn_ergo.save_denoiser` (``load_denoiser`` and
+    ``denoise --model`` read it).
+    """
+    den = sklearn.base.clone(model.denoiser)
+    den.components_ = np.asarray(params["K"], dtype=np.float64)
+    den.eps_ = np.asarray(params["eps"], dtype=np.float64)
+    den.noise_std_ = float(noise_std)
+    save_denoiser(den, path)
+
+
+# -- parameters as one vector for Adam --------------------------------------------
+class _Flat:
+    """``params`` <-> one float64 vector ``u`` on which Adam's steps are relative.
+
+    Adam moves every coordinate of ``u`` by about the learning rate, so each
+    group is scaled to be of order 1: a positive parameter enters through its
+    logarithm, any other divided by the RMS of its initial values (``K``
+    entries are ~0.01-0.1 and ``log eps`` ~-4..0: one learning rate for both
+    is then a relative step of both).
+    """
+
+    def __init__(self, keys, shapes, scales):
+        self.keys, self.shapes, self.scales = list(keys), dict(shapes), dict(scales)
+
+    @classmethod
+    def from_params(cls, params, positive):
+        keys = sorted(params)
+        scales = {}
+        for k in keys:
+            value = np.asarray(params[k], dtype=np.float64)
+            rms = float(np.sqrt(np.mean(value**2)))
+            scales[k] = None if k in positive else (rms if rms > 0 else 1.0)
+        return cls(keys, {k: np.shape(params[k]) for k in keys}, scales)
+
+    def pack(self, params):
+        parts = []
+        for k in self.keys:
+            value = np.asarray(params[k], dtype=np.float64).ravel()
+            parts.append(
+                np.log(value) if self.scales[k] is None else value / self.scales[k]
+            )
+        return np.concatenate(parts)
+
+    def unpack(self, u):
+        out, start = {}, 0
+        for k in self.keys:
+            size = math.prod(self.shapes[k])
+            part = u[start : start + size].reshape(self.shapes[k])
+            out[k] = np.exp(part) if self.scales[k] is None else self.scales[k] * part
+            start += size
+        return out
+
+    def chain(self, grads, params):
+        """d loss / d u from the gradients in ``params``."""
+        parts = []
+        for k in self.keys:
+            g = np.asarray(grads[k], dtype=np.float64).ravel()
+            if self.scales[k] is None:
+                parts.append(g * np.asarray(params[k], dtype=np.float64).ravel())
+            else:
+                parts.append(g * self.scales[k])
+        return np.concatenate(parts)
+
+    def to_json(self):
+        return json.dumps(
+            {"keys": self.keys, "shapes": self.shapes, "scales": self.scales}
+        )
+
+    @classmethod
+    def from_json(cls, text):
+        d = json.loads(text)
+        return cls(
+            d["keys"], {k: tuple(s) for k, s in d["shapes"].items()}, d["scales"]
+        )
+
+
+def cosine_learning_rate(step, n_steps, learning_rate, final_fraction):
+    """Cosine decay from ``learning_rate`` at step 0 to ``final_fraction`` of it."""
+    cos = 0.5 * (1.0 + math.cos(math.pi * min(step, n_steps) / n_steps))
+    return learning_rate * (final_fraction + (1.0 - final_fraction) * cos)
+
+
+# -- the loop -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _State:
+    """Everything that a step changes; replaced as a whole once a step is done."""
+
+    step: int
+    u: np.ndarray
+    adam_m: np.ndarray
+    adam_v: np.ndarray
+    adam_t: int
+    rng_state: str
+    best_u: np.ndarray
+    best_step: int
+    best_psnr: float
+    loss_sum: float  # training loss summed since the last validation
+    loss_count: int
+    elapsed: float  # wall seconds of the sessions before this one
+    # Rows (step, mean training loss, validation PSNR, learning rate, elapsed s).
+    history: tuple = field(default_factory=tuple)
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    params, best_params : dict of ndarray
+        The last parameters, and those of the best validation PSNR.
+    best_psnr : float
+    best_step : int
+    step : int
+        Steps done.
+    history : ndarray of shape (n_validations, 5)
+        Rows ``(step, mean training loss since the previous row, validation
+        PSNR, learning rate, elapsed seconds)``.
+    interrupted : bool
+        True if stopped by KeyboardInterrupt (after saving the checkpoint).
+    """
+
+    params: dict
+    best_params: dict
+    best_psnr: float
+    best_step: int
+    step: int
+    history: np.ndarray
+    interrupted: bool
+
+
+def _config(model, **settings):
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    return {**model.settings(), **settings}
+
+
+def save_checkpoint(path, state, flat, config):
+    """Write the checkpoint next to ``path`` and rename it into place.
+
+    ``os.replace`` is atomic: a failed or interrupted write leaves the
+    previous checkpoint intact.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                format=np.array(_FORMAT),
+                config=np.array(json.dumps(config, sort_keys=True)),
+                flat=np.array(flat.to_json()),
+                step=np.array(state.step),
+                u=state.u,
+                adam_m=state.adam_m,
+                adam_v=state.adam_v,
+                adam_t=np.array(state.adam_t),
+                rng_state=np.array(state.rng_state),
+                best_u=state.best_u,
+                best_step=np.array(state.best_step),
+                best_psnr=np.array(state.best_psnr),
+                loss_sum=np.array(state.loss_sum),
+                loss_count=np.array(state.loss_count),
+                elapsed=np.array(state.elapsed),
+                history=np.array(state.history, dtype=np.float64).reshape(-1, 5),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path):
+    """``(state, flat, config)`` of a checkpoint written by :func:`save_checkpoint`."""
+    with np.load(path, allow_pickle=False) as data:
+        if "format" not in data.files or str(data["format"]) != _FORMAT:
+            raise ValueError(f"{path!s} is not a training checkpoint ({_FORMAT}).")
+        state = _State(
+            step=int(data["step"]),
+            u=data["u"],
+            adam_m=data["adam_m"],
+            adam_v=data["adam_v"],
+            adam_t=int(data["adam_t"]),
+            rng_state=str(data["rng_state"]),
+            best_u=data["best_u"],
+            best_step=int(data["best_step"]),
+            best_psnr=float(data["best_psnr"]),
+            loss_sum=float(data["loss_sum"]),
+            loss_count=int(data["loss_count"]),
+            elapsed=float(data["elapsed"]),
+            history=tuple(tuple(row) for row in data["history"]),
+        )
+        return (
+            state,
+            _Flat.from_json(str(data["flat"])),
+            json.loads(str(data["config"])),
+        )
+
+
+def _hms(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(
+    model,
+    train_images,
+    val_images,
+    *,
+    noise_std,
+    n_steps,
+    batch=64,
+    crop=64,
+    learning_rate=0.01,
+    final_lr_fraction=0.01,
+    validate_every=100,
+    checkpoint=None,
+    checkpoint_every=300.0,
+    resume=False,
+    until_step=None,
+    max_seconds=None,
+    seed=0,
+    val_seed=0,
+    dtype=np.float32,
+    log=print,
+):
+    """Train ``model`` by mini-batch Adam on random crops with fresh noise.
+
+    Parameters
+    ----------
+    model : ImageModel or a model of the same interface
+    train_images : list of ndarray of shape (H, W)
+        Clean gray images in ``[0, 1]``, each at least ``crop x crop``.
+    val_images : list of ndarray of shape (H, W)
+        Clean validation images, denoised whole: their noise is
+        :func:`benchmark_noise` with ``val_seed``, the score the mean
+        :func:`psnr`.
+    noise_std : float
+        Noise level in image units (``25 / 255``).
+    n_steps : int
+        Length of the learning-rate schedule: the run ends there.
+    batch, crop : int
+        Crops per step and their size (before padding by ``model.pad``).
+    learning_rate, final_lr_fraction : float
+        Adam's step on the scaled parameters (see :class:`_Flat`) decays
+        along a cosine from ``learning_rate`` to ``final_lr_fraction`` times it.
+    validate_every : int
+        Steps between validations (also at step 0 and at the last step).
+    checkpoint : path or None
+        Checkpoint file, written at the start, every ``checkpoint_every``
+        seconds, at the end and on KeyboardInterrupt.
+    resume : bool
+        Continue from ``checkpoint``, which must have the same configuration.
+    until_step, max_seconds : int or float, default=None
+        Stop this session (with a checkpoint) after that step or that many
+        seconds, without changing the schedule: ``resume`` then continues.
+    seed : int
+        Seeds the initial filters and every crop, symmetry and noise draw.
+    val_seed : int
+    dtype : float32 or float64
+        Precision of the loss, gradient and validation computations; the
+        parameters and Adam's moments are kept in float64.
+    log : callable
+        Receives one progress line per validation.
+
+    Returns
+    -------
+    TrainingResult
+    """
+    config = _config(
+        model,
+        noise_std=noise_std,
+        n_steps=n_steps,
+        batch=batch,
+        crop=crop,
+        learning_rate=learning_rate,
+        final_lr_fraction=final_lr_fraction,
+        seed=seed,
+        val_seed=val_seed,
+        dtype=np.dtype(dtype).name,
+    )
+    small = [im.shape for im in train_images if min(im.shape) < crop]
+    if small:
+        raise ValueError(
+            f"training images must be at least {crop}x{crop}, got {small[0]}."
+        )
+    val_noisy = [
+        y.astype(dtype) for y in benchmark_noise(val_images, noise_std, val_seed)
+    ]
+
+    def validate(params):
+        cast = {k: v.astype(dtype) for k, v in params.items()}
+        scores = [
+            psnr(model.denoise(cast, y[None])[0], x)
+            for x, y in zip(val_images, val_noisy, strict=True)
+        ]
+        return float(np.mean(scores))
+
+    def draw(rng):
+        clean = random_crops(train_images, batch, crop, rng)
+        noisy = clean + noise_std * rng.standard_normal(clean.shape)
+        # Symmetric padding, as the model pads whole images when denoising.
+        w = ((0, 0), (model.pad, model.pad), (model.pad, model.pad))
+        return np.pad(noisy, w, mode="symmetric"), np.pad(clean, w, mode="symmetric")
+
+    session_start = time.perf_counter()
+    if resume:
+        state, flat, saved = load_checkpoint(checkpoint)
+        if saved != json.loads(json.dumps(config, sort_keys=True)):
+            diff = sorted(
+                k for k in config.keys() | saved.keys() if config.get(k) != saved.get(k)
+            )
+            raise ValueError(
+                f"{checkpoint!s} was written with other settings ({', '.join(diff)}); "
+                "resume with the same ones."
+            )
+        log(f"resumed from {checkpoint} at step {state.step}")
+    else:
+        rng = np.random.default_rng(seed)
+        noisy, clean = draw(rng)
+        params = model.initial_params(clean, noisy, rng)
+        flat = _Flat.from_params(params, model.positive)
+        u = flat.pack(params)
+        psnr0 = validate(flat.unpack(u))
+        state = _State(
+            step=0,
+            u=u,
+            adam_m=np.zeros_like(u),
+            adam_v=np.zeros_like(u),
+            adam_t=0,
+            rng_state=json.dumps(rng.bit_generator.state),
+            best_u=u,
+            best_step=0,
+            best_psnr=psnr0,
+            loss_sum=0.0,
+            loss_count=0,
+            elapsed=time.perf_counter() - session_start,
+            history=((0, math.nan, psnr0, learning_rate, 0.0),),
+        )
+        log(f"step 0/{n_steps}: initial model, validation PSNR {psnr0:.2f} dB")
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, flat, config)
+
+    stop = n_steps if until_step is None else min(until_step, n_steps)
+    first_step = state.step
+    elapsed_before = state.elapsed - (time.perf_counter() - session_start)
+    last_save = time.perf_counter()
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(state.rng_state)
+    adam = Adam(state.u.shape, learning_rate)
+    interrupted = False
+    loop_start = time.perf_counter()
+    try:
+        while state.step < stop:
+            if (
+                max_seconds is not None
+                and time.perf_counter() - session_start > max_seconds
+            ):
+                break
+            # Everything below works on copies; `state` changes in one
+            # assignment, so an interrupt anywhere saves a consistent state.
+            noisy, clean = draw(rng)
+            params = flat.unpack(state.u)
+            loss, grads = model.loss_grad(
+                {k: v.astype(dtype) for k, v in params.items()},
+                noisy.astype(dtype),
+                clean.astype(dtype),
+            )
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss at step {state.step}; the checkpoint holds "
+                    "the last saved state: lower the learning rate."
+                )
+            adam.m, adam.v, adam.t = state.adam_m, state.adam_v, state.adam_t
+            adam.learning_rate = cosine_learning_rate(
+                state.step, n_steps, learning_rate, final_lr_fraction
+            )
+            u = state.u + adam.step(flat.chain(grads, params))
+            step = state.step + 1
+            new = replace(
+                state,
+                step=step,
+                u=u,
+                adam_m=adam.m,
+                adam_v=adam.v,
+                adam_t=adam.t,
+                rng_state=json.dumps(rng.bit_generator.state),
+                loss_sum=state.loss_sum + loss,
+                loss_count=state.loss_count + 1,
+            )
+            if step % validate_every == 0 or step == n_steps:
+                score = validate(flat.unpack(u))
+                now = time.perf_counter() - session_start
+                row = (
+                    step,
+                    new.loss_sum / new.loss_count,
+                    score,
+                    adam.learning_rate,
+                    elapsed_before + now,
+                )
+                new = replace(
+                    new, loss_sum=0.0, loss_count=0, history=(*new.history, row)
+                )
+                if score > new.best_psnr:
+                    new = replace(new, best_u=u, best_step=step, best_psnr=score)
+                rate = (time.perf_counter() - loop_start) / (step - first_step)
+                left = rate * (n_steps - step)
+                log(
+                    f"step {step}/{n_steps}: loss {row[1]:.6g}, validation PSNR "
+                    f"{score:.2f} dB (best {new.best_psnr:.2f} at step "
+                    f"{new.best_step}), lr {row[3]:.3g}, elapsed "
+                    f"{_hms(row[4])}, left ~{_hms(left)}"
+                )
+            state = new
+            if (
+                checkpoint is not None
+                and time.perf_counter() - last_save > checkpoint_every
+            ):
+                save_checkpoint(
+                    checkpoint,
+                    _stamp(state, elapsed_before, session_start),
+                    flat,
+                    config,
+                )
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted at step {state.step}")
+    state = _stamp(state, elapsed_before, session_start)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, state, flat, config)
+        log(f"checkpoint at step {state.step} saved to {checkpoint}")
+    return TrainingResult(
+        params=flat.unpack(state.u),
+        best_params=flat.unpack(state.best_u),
+        best_psnr=state.best_psnr,
+        best_step=state.best_step,
+        step=state.step,
+        history=np.array(state.history, dtype=np.float64).reshape(-1, 5),
+        interrupted=interrupted,
+    )
+
+
+def _stamp(state, elapsed_before, session_start):
+    return replace(state, elapsed=elapsed_before + time.perf_counter() - session_start)
