@@ -472,44 +472,89 @@ def train(
         raise ValueError(
             f"training images must be at least {crop}x{crop}, got {small[0]}."
         )
-    val_noisy = [
-        y.astype(dtype) for y in benchmark_noise(val_images, noise_std, val_seed)
-    ]
+    run = _Run(model, train_images, val_images, config, checkpoint, dtype, log)
+    state = run.resume() if resume else run.start(seed)
+    stop = n_steps if until_step is None else min(until_step, n_steps)
+    interrupted = False
+    try:
+        state = run.loop(state, stop, validate_every, checkpoint_every, max_seconds)
+    except _Interrupted as exc:
+        interrupted, state = True, exc.state
+        log(f"interrupted at step {state.step}")
+    state = run.stamp(state)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, state, run.flat, config)
+        log(f"checkpoint at step {state.step} saved to {checkpoint}")
+    return TrainingResult(
+        params=run.flat.unpack(state.u),
+        best_params=run.flat.unpack(state.best_u),
+        best_psnr=state.best_psnr,
+        best_step=state.best_step,
+        step=state.step,
+        history=np.array(state.history, dtype=np.float64).reshape(-1, 5),
+        interrupted=interrupted,
+    )
 
-    def validate(params):
-        cast = {k: v.astype(dtype) for k, v in params.items()}
+
+class _Interrupted(Exception):
+    """A KeyboardInterrupt, carrying the last consistent state."""
+
+    def __init__(self, state):
+        self.state = state
+
+
+class _Run:
+    """One session of :func:`train`: its data, validation, steps and clock."""
+
+    def __init__(self, model, train_images, val_images, config, checkpoint, dtype, log):
+        self.model, self.train_images, self.val_images = model, train_images, val_images
+        self.config, self.checkpoint, self.dtype, self.log = (
+            config,
+            checkpoint,
+            dtype,
+            log,
+        )
+        self.noise_std = config["noise_std"]
+        self.val_noisy = [
+            y.astype(dtype)
+            for y in benchmark_noise(val_images, self.noise_std, config["val_seed"])
+        ]
+        self.session_start = time.perf_counter()
+        self.flat = None
+        self.elapsed_before = 0.0
+
+    def validate(self, params):
+        cast = {k: v.astype(self.dtype) for k, v in params.items()}
         scores = [
-            psnr(model.denoise(cast, y[None])[0], x)
-            for x, y in zip(val_images, val_noisy, strict=True)
+            psnr(self.model.denoise(cast, y[None])[0], x)
+            for x, y in zip(self.val_images, self.val_noisy, strict=True)
         ]
         return float(np.mean(scores))
 
-    def draw(rng):
-        clean = random_crops(train_images, batch, crop, rng)
-        noisy = clean + noise_std * rng.standard_normal(clean.shape)
+    def draw(self, rng):
+        clean = random_crops(
+            self.train_images, self.config["batch"], self.config["crop"], rng
+        )
+        noisy = clean + self.noise_std * rng.standard_normal(clean.shape)
         # Symmetric padding, as the model pads whole images when denoising.
-        w = ((0, 0), (model.pad, model.pad), (model.pad, model.pad))
+        w = ((0, 0), (self.model.pad,) * 2, (self.model.pad,) * 2)
         return np.pad(noisy, w, mode="symmetric"), np.pad(clean, w, mode="symmetric")
 
-    session_start = time.perf_counter()
-    if resume:
-        state, flat, saved = load_checkpoint(checkpoint)
-        if saved != json.loads(json.dumps(config, sort_keys=True)):
-            diff = sorted(
-                k for k in config.keys() | saved.keys() if config.get(k) != saved.get(k)
-            )
-            raise ValueError(
-                f"{checkpoint!s} was written with other settings ({', '.join(diff)}); "
-                "resume with the same ones."
-            )
-        log(f"resumed from {checkpoint} at step {state.step}")
-    else:
+    def now(self):
+        return time.perf_counter() - self.session_start
+
+    def stamp(self, state):
+        return replace(state, elapsed=self.elapsed_before + self.now())
+
+    def start(self, seed):
+        """The tuned initial model, validated and checkpointed: step 0."""
         rng = np.random.default_rng(seed)
-        noisy, clean = draw(rng)
-        params = model.initial_params(clean, noisy, rng)
-        flat = _Flat.from_params(params, model.positive)
-        u = flat.pack(params)
-        psnr0 = validate(flat.unpack(u))
+        noisy, clean = self.draw(rng)
+        params = self.model.initial_params(clean, noisy, rng)
+        self.flat = _Flat.from_params(params, self.model.positive)
+        u = self.flat.pack(params)
+        psnr0 = self.validate(self.flat.unpack(u))
+        learning_rate = self.config["learning_rate"]
         state = _State(
             step=0,
             u=u,
@@ -522,112 +567,122 @@ def train(
             best_psnr=psnr0,
             loss_sum=0.0,
             loss_count=0,
-            elapsed=time.perf_counter() - session_start,
+            elapsed=self.now(),
             history=((0, math.nan, psnr0, learning_rate, 0.0),),
         )
-        log(f"step 0/{n_steps}: initial model, validation PSNR {psnr0:.2f} dB")
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, state, flat, config)
+        self.elapsed_before = state.elapsed - self.now()
+        n_steps = self.config["n_steps"]
+        self.log(f"step 0/{n_steps}: initial model, validation PSNR {psnr0:.2f} dB")
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, state, self.flat, self.config)
+        return state
 
-    stop = n_steps if until_step is None else min(until_step, n_steps)
-    first_step = state.step
-    elapsed_before = state.elapsed - (time.perf_counter() - session_start)
-    last_save = time.perf_counter()
-    rng = np.random.default_rng()
-    rng.bit_generator.state = json.loads(state.rng_state)
-    adam = Adam(state.u.shape, learning_rate)
-    interrupted = False
-    loop_start = time.perf_counter()
-    try:
-        while state.step < stop:
-            if (
-                max_seconds is not None
-                and time.perf_counter() - session_start > max_seconds
-            ):
-                break
-            # Everything below works on copies; `state` changes in one
-            # assignment, so an interrupt anywhere saves a consistent state.
-            noisy, clean = draw(rng)
-            params = flat.unpack(state.u)
-            loss, grads = model.loss_grad(
-                {k: v.astype(dtype) for k, v in params.items()},
-                noisy.astype(dtype),
-                clean.astype(dtype),
+    def resume(self):
+        state, self.flat, saved = load_checkpoint(self.checkpoint)
+        config = self.config
+        if saved != json.loads(json.dumps(config, sort_keys=True)):
+            diff = sorted(
+                k for k in config.keys() | saved.keys() if config.get(k) != saved.get(k)
             )
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss at step {state.step}; the checkpoint holds "
-                    "the last saved state: lower the learning rate."
-                )
-            adam.m, adam.v, adam.t = state.adam_m, state.adam_v, state.adam_t
-            adam.learning_rate = cosine_learning_rate(
-                state.step, n_steps, learning_rate, final_lr_fraction
+            raise ValueError(
+                f"{self.checkpoint!s} was written with other settings "
+                f"({', '.join(diff)}); resume with the same ones."
             )
-            u = state.u + adam.step(flat.chain(grads, params))
-            step = state.step + 1
-            new = replace(
-                state,
-                step=step,
-                u=u,
-                adam_m=adam.m,
-                adam_v=adam.v,
-                adam_t=adam.t,
-                rng_state=json.dumps(rng.bit_generator.state),
-                loss_sum=state.loss_sum + loss,
-                loss_count=state.loss_count + 1,
-            )
-            if step % validate_every == 0 or step == n_steps:
-                score = validate(flat.unpack(u))
-                now = time.perf_counter() - session_start
-                row = (
-                    step,
-                    new.loss_sum / new.loss_count,
-                    score,
-                    adam.learning_rate,
-                    elapsed_before + now,
-                )
-                new = replace(
-                    new, loss_sum=0.0, loss_count=0, history=(*new.history, row)
-                )
-                if score > new.best_psnr:
-                    new = replace(new, best_u=u, best_step=step, best_psnr=score)
-                rate = (time.perf_counter() - loop_start) / (step - first_step)
-                left = rate * (n_steps - step)
-                log(
-                    f"step {step}/{n_steps}: loss {row[1]:.6g}, validation PSNR "
-                    f"{score:.2f} dB (best {new.best_psnr:.2f} at step "
-                    f"{new.best_step}), lr {row[3]:.3g}, elapsed "
-                    f"{_hms(row[4])}, left ~{_hms(left)}"
-                )
-            state = new
-            if (
-                checkpoint is not None
-                and time.perf_counter() - last_save > checkpoint_every
-            ):
-                save_checkpoint(
-                    checkpoint,
-                    _stamp(state, elapsed_before, session_start),
-                    flat,
-                    config,
-                )
-                last_save = time.perf_counter()
-    except KeyboardInterrupt:
-        interrupted = True
-        log(f"interrupted at step {state.step}")
-    state = _stamp(state, elapsed_before, session_start)
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, state, flat, config)
-        log(f"checkpoint at step {state.step} saved to {checkpoint}")
-    return TrainingResult(
-        params=flat.unpack(state.u),
-        best_params=flat.unpack(state.best_u),
-        best_psnr=state.best_psnr,
-        best_step=state.best_step,
-        step=state.step,
-        history=np.array(state.history, dtype=np.float64).reshape(-1, 5),
-        interrupted=interrupted,
-    )
+        self.elapsed_before = state.elapsed - self.now()
+        self.log(f"resumed from {self.checkpoint} at step {state.step}")
+        return state
 
+    def step(self, state, rng, adam):
+        """One Adam step on a fresh batch; a new state (``state`` unchanged)."""
+        noisy, clean = self.draw(rng)
+        params = self.flat.unpack(state.u)
+        dtype = self.dtype
+        loss, grads = self.model.loss_grad(
+            {k: v.astype(dtype) for k, v in params.items()},
+            noisy.astype(dtype),
+            clean.astype(dtype),
+        )
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at step {state.step}; the checkpoint holds "
+                "the last saved state: lower the learning rate."
+            )
+        config = self.config
+        adam.m, adam.v, adam.t = state.adam_m, state.adam_v, state.adam_t
+        adam.learning_rate = cosine_learning_rate(
+            state.step,
+            config["n_steps"],
+            config["learning_rate"],
+            config["final_lr_fraction"],
+        )
+        u = state.u + adam.step(self.flat.chain(grads, params))
+        return replace(
+            state,
+            step=state.step + 1,
+            u=u,
+            adam_m=adam.m,
+            adam_v=adam.v,
+            adam_t=adam.t,
+            rng_state=json.dumps(rng.bit_generator.state),
+            loss_sum=state.loss_sum + loss,
+            loss_count=state.loss_count + 1,
+        )
 
-def _stamp(state, elapsed_before, session_start):
-    return replace(state, elapsed=elapsed_before + time.perf_counter() - session_start)
+    def validated(self, state, learning_rate, rate):
+        """``state`` with a validation row (and the best model) recorded."""
+        score = self.validate(self.flat.unpack(state.u))
+        row = (
+            state.step,
+            state.loss_sum / state.loss_count,
+            score,
+            learning_rate,
+            self.elapsed_before + self.now(),
+        )
+        state = replace(
+            state, loss_sum=0.0, loss_count=0, history=(*state.history, row)
+        )
+        if score > state.best_psnr:
+            state = replace(
+                state, best_u=state.u, best_step=state.step, best_psnr=score
+            )
+        left = rate * (self.config["n_steps"] - state.step)
+        self.log(
+            f"step {state.step}/{self.config['n_steps']}: loss {row[1]:.6g}, "
+            f"validation PSNR {score:.2f} dB (best {state.best_psnr:.2f} at step "
+            f"{state.best_step}), lr {row[3]:.3g}, elapsed {_hms(row[4])}, "
+            f"left ~{_hms(left)}"
+        )
+        return state
+
+    def loop(self, state, stop, validate_every, checkpoint_every, max_seconds):
+        """Steps until ``stop`` (or ``max_seconds``), checkpointed on the way.
+
+        ``state`` changes in one assignment per step, so an interruption
+        anywhere leaves the last consistent state (raised as
+        :class:`_Interrupted`).
+        """
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(state.rng_state)
+        adam = Adam(state.u.shape, self.config["learning_rate"])
+        first_step, loop_start = state.step, time.perf_counter()
+        last_save = time.perf_counter()
+        try:
+            while state.step < stop:
+                if max_seconds is not None and self.now() > max_seconds:
+                    break
+                new = self.step(state, rng, adam)
+                if new.step % validate_every == 0 or new.step == self.config["n_steps"]:
+                    rate = (time.perf_counter() - loop_start) / (new.step - first_step)
+                    new = self.validated(new, adam.learning_rate, rate)
+                state = new
+                if (
+                    self.checkpoint is not None
+                    and time.perf_counter() - last_save > checkpoint_every
+                ):
+                    save_checkpoint(
+                        self.checkpoint, self.stamp(state), self.flat, self.config
+                    )
+                    last_save = time.perf_counter()
+        except KeyboardInterrupt:
+            raise _Interrupted(state) from None
+        return state
