@@ -24,6 +24,7 @@ from ._image_io import (
     read_image,
     write_image,
 )
+from ._penalties import PENALTIES
 
 PROG = "python -m sklearn_ergo"
 
@@ -59,7 +60,13 @@ def build_parser():
         prog=PROG, description="Learned analysis-operator image denoising."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_denoise(sub)
+    _add_train(sub)
+    return parser
 
+
+def _add_demo(sub):
     demo = sub.add_parser(
         "demo",
         help="learn K on natural-image patches and report PSNR against patch TV",
@@ -72,6 +79,8 @@ def build_parser():
     demo.add_argument("--max-iter", type=_positive_int, default=20)
     demo.add_argument("--n-jobs", type=int, default=None)
 
+
+def _add_denoise(sub):
     den = sub.add_parser(
         "denoise",
         help="denoise image files or folders",
@@ -116,6 +125,8 @@ def build_parser():
         "--overwrite", action="store_true", help="replace existing output files"
     )
 
+
+def _add_train(sub):
     tr = sub.add_parser(
         "train",
         help="train a denoiser on clean image files or a folder of them",
@@ -169,7 +180,6 @@ def build_parser():
     folder.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint"
     )
-    return parser
 
 
 def _demo(args):
@@ -319,7 +329,7 @@ def _train(args):
         verbose=1,
     )
     phases = [dict(penalty="l1")]
-    if args.penalty == "log":
+    if PENALTIES[args.penalty].reweighted:
         phases.append(dict(penalty="log", n_stages=args.n_stages))
     try:
         init, models = "tv", []
@@ -350,7 +360,7 @@ def _train_folder(args):
     )
     from .datasets import load_image_folder
 
-    if args.penalty != "log":
+    if not PENALTIES[args.penalty].reweighted:
         raise CommandError("--data trains the log-penalty model; omit --penalty")
     output = args.output if args.output.endswith(".npz") else args.output + ".npz"
     checkpoint = args.checkpoint or output[: -len(".npz")] + ".checkpoint.npz"
