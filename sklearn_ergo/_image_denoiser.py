@@ -23,7 +23,13 @@ from ._convolutional import (
 )
 from ._image_data import as_planes
 from ._init import initial_filters
-from ._optim import BestTracker, StopKeepingBest, lbfgs, search_log_scale
+from ._optim import (
+    BestTracker,
+    ParameterVector,
+    StopKeepingBest,
+    lbfgs,
+    search_log_scale,
+)
 from ._penalties import PENALTIES, make_penalty
 from ._steps import AcceleratedSteps
 from ._unrolled_map import UnrolledMap
@@ -412,17 +418,20 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         shared = dataclasses.replace(umap, per_stage=False)
         initial, u = self._tune_initial(shared, D, center, X, Y)
         self.init_weight_ = float(np.exp(u[0]))
-        packing = _Packing(self.init_weight_)
         start_params = initial(u)
         if umap.per_stage:  # every stage starts from the tuned shared model
             start_params = {
                 name: np.stack([value] * umap.n_stages)
                 for name, value in start_params.items()
             }
-        v = packing.pack(start_params)
+        # K relative to the tuned weight, the penalty's parameters by log.
+        vector = ParameterVector.from_params(
+            start_params, umap.penalty.param_names, {"K": self.init_weight_}
+        )
+        v = vector.pack(start_params)
 
         def val_psnr(v):
-            out = denoise_images(umap, packing.unpack(v), X_val, n_jobs=self.n_jobs)
+            out = denoise_images(umap, vector.unpack(v), X_val, n_jobs=self.n_jobs)
             return -10.0 * np.log10(np.mean((out - Y_val) ** 2))
 
         tracker = BestTracker()
@@ -440,14 +449,14 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                     images_loss_grad, umap, noisy=X, clean=Y, n_jobs=self.n_jobs
                 )
                 iters = min(self.redraw_every, self.max_iter - self.n_iter_)
-                result = lbfgs(packing.objective(loss_grad), v, iters)
+                result = lbfgs(_objective(vector, loss_grad), v, iters)
                 v = result.x
                 self.n_iter_ += int(result.nit)
                 self.loss_curve_.append(float(result.fun))
                 self.validation_psnr_.append(val_psnr(v))
                 tracker.update(-self.validation_psnr_[-1], v)
                 self._report(r + 1, start)
-        best = packing.unpack(tracker.best_params)
+        best = vector.unpack(tracker.best_params)
         self.components_ = best.pop("K")
         for name in _PENALTY_ATTRIBUTES:  # from an earlier fit's penalty
             if hasattr(self, name):
@@ -638,52 +647,17 @@ def _response_rms(D, images):
     return np.sqrt(np.mean(z**2, axis=0))
 
 
-class _Packing:
-    """The model's parameters as one flat vector for L-BFGS.
+def _objective(vector, loss_grad):
+    """``v -> (loss, d loss / dv)`` for L-BFGS from ``loss_grad(params)``."""
 
-    L-BFGS-B's first trial step has unit length, so ``K`` enters divided by
-    ``scale``, the typical size of its entries; a penalty's parameters
-    (positive, one per filter) enter through their logarithms.
-    """
+    def f(v):
+        params = vector.unpack(v)
+        loss, grads = loss_grad(params)
+        if not np.isfinite(loss):  # lets the line search backtrack
+            return np.inf, np.zeros_like(v)
+        return loss, vector.chain(grads, params)
 
-    def __init__(self, scale):
-        self.scale = scale
-        self.shapes = None
-
-    def pack(self, params):
-        self.shapes = {name: np.shape(value) for name, value in params.items()}
-        parts = [
-            np.ravel(value) / self.scale if name == "K" else np.log(np.ravel(value))
-            for name, value in params.items()
-        ]
-        return np.concatenate(parts)
-
-    def unpack(self, v):
-        params, start = {}, 0
-        for name, shape in self.shapes.items():
-            size = math.prod(shape)
-            part = v[start : start + size].reshape(shape)
-            params[name] = self.scale * part if name == "K" else np.exp(part)
-            start += size
-        return params
-
-    def objective(self, loss_grad):
-        """``v -> (loss, d loss / dv)`` from ``loss_grad(params)``."""
-
-        def f(v):
-            params = self.unpack(v)
-            loss, grads = loss_grad(params)
-            if not np.isfinite(loss):  # lets the line search backtrack
-                return np.inf, np.zeros_like(v)
-            parts = [
-                self.scale * grads[name].ravel()
-                if name == "K"
-                else (grads[name] * params[name]).ravel()
-                for name in self.shapes
-            ]
-            return loss, np.concatenate(parts)
-
-        return f
+    return f
 
 
 def _crop_loss(umap, params, X, Y, n_jobs):

@@ -44,7 +44,7 @@ import sklearn.base
 from ._convolutional import denoise_images, images_loss_grad
 from ._image_denoiser import ImageDenoiser
 from ._model_io import save_denoiser
-from ._optim import Adam
+from ._optim import Adam, ParameterVector
 
 #: Number of symmetries of the square applied to training crops.
 N_DIHEDRAL = 8
@@ -196,72 +196,6 @@ def save_model(model, params, noise_std, path):
     save_denoiser(den, path)
 
 
-# -- parameters as one vector for Adam --------------------------------------------
-class _Flat:
-    """``params`` <-> one float64 vector ``u`` on which Adam's steps are relative.
-
-    Adam moves every coordinate of ``u`` by about the learning rate, so each
-    group is scaled to be of order 1: a positive parameter enters through its
-    logarithm, any other divided by the RMS of its initial values (``K``
-    entries are ~0.01-0.1 and ``log eps`` ~-4..0: one learning rate for both
-    is then a relative step of both).
-    """
-
-    def __init__(self, keys, shapes, scales):
-        self.keys, self.shapes, self.scales = list(keys), dict(shapes), dict(scales)
-
-    @classmethod
-    def from_params(cls, params, positive):
-        keys = sorted(params)
-        scales = {}
-        for k in keys:
-            value = np.asarray(params[k], dtype=np.float64)
-            rms = float(np.sqrt(np.mean(value**2)))
-            scales[k] = None if k in positive else (rms if rms > 0 else 1.0)
-        return cls(keys, {k: np.shape(params[k]) for k in keys}, scales)
-
-    def pack(self, params):
-        parts = []
-        for k in self.keys:
-            value = np.asarray(params[k], dtype=np.float64).ravel()
-            parts.append(
-                np.log(value) if self.scales[k] is None else value / self.scales[k]
-            )
-        return np.concatenate(parts)
-
-    def unpack(self, u):
-        out, start = {}, 0
-        for k in self.keys:
-            size = math.prod(self.shapes[k])
-            part = u[start : start + size].reshape(self.shapes[k])
-            out[k] = np.exp(part) if self.scales[k] is None else self.scales[k] * part
-            start += size
-        return out
-
-    def chain(self, grads, params):
-        """d loss / d u from the gradients in ``params``."""
-        parts = []
-        for k in self.keys:
-            g = np.asarray(grads[k], dtype=np.float64).ravel()
-            if self.scales[k] is None:
-                parts.append(g * np.asarray(params[k], dtype=np.float64).ravel())
-            else:
-                parts.append(g * self.scales[k])
-        return np.concatenate(parts)
-
-    def to_json(self):
-        return json.dumps(
-            {"keys": self.keys, "shapes": self.shapes, "scales": self.scales}
-        )
-
-    @classmethod
-    def from_json(cls, text):
-        d = json.loads(text)
-        return cls(
-            d["keys"], {k: tuple(s) for k, s in d["shapes"].items()}, d["scales"]
-        )
-
-
 def cosine_learning_rate(step, n_steps, learning_rate, final_fraction):
     """Cosine decay from ``learning_rate`` at step 0 to ``final_fraction`` of it."""
     cos = 0.5 * (1.0 + math.cos(math.pi * min(step, n_steps) / n_steps))
@@ -380,7 +314,7 @@ def load_checkpoint(path):
         )
         return (
             state,
-            _Flat.from_json(str(data["flat"])),
+            ParameterVector.from_json(str(data["flat"])),
             json.loads(str(data["config"])),
         )
 
@@ -430,7 +364,8 @@ def train(
     batch, crop : int
         Crops per step and their size (before padding by ``model.pad``).
     learning_rate, final_lr_fraction : float
-        Adam's step on the scaled parameters (see :class:`_Flat`) decays
+        Adam's step on the scaled parameters (see
+        :class:`~sklearn_ergo._optim.ParameterVector`) decays
         along a cosine from ``learning_rate`` to ``final_lr_fraction`` times it.
     validate_every : int
         Steps between validations (also at step 0 and at the last step).
@@ -551,7 +486,7 @@ class _Run:
         rng = np.random.default_rng(seed)
         noisy, clean = self.draw(rng)
         params = self.model.initial_params(clean, noisy, rng)
-        self.flat = _Flat.from_params(params, self.model.positive)
+        self.flat = ParameterVector.from_params(params, self.model.positive)
         u = self.flat.pack(params)
         psnr0 = self.validate(self.flat.unpack(u))
         learning_rate = self.config["learning_rate"]

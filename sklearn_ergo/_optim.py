@@ -7,9 +7,13 @@
 - :class:`StopKeepingBest`: a ``KeyboardInterrupt`` or a numerical fault
   ends training with a warning instead of an exception;
 - :func:`search_log_scale`: the 1-D search of the weight of an initial
-  operator.
+  operator;
+- :class:`ParameterVector`: a model's parameter arrays as one vector on
+  which the optimisers' steps are relative.
 """
 
+import json
+import math
 import warnings
 
 import numpy as np
@@ -149,3 +153,70 @@ def search_log_scale(loss, center, below, above):
         method="bounded",
         options={"xatol": 1e-2},
     ).x
+
+
+class ParameterVector:
+    """A dict of parameter arrays as one float64 vector ``u``, each group of order 1.
+
+    Optimisers step every coordinate of ``u`` by a similar amount (L-BFGS-B's
+    first trial step has unit length, Adam moves each by about its learning
+    rate), so a positive group enters through its logarithm and any other
+    divided by its ``scale``: one step is then a relative change of every
+    group (``K`` entries of ~0.01-0.1 and ``log eps`` of ~-4..0 alike).
+    """
+
+    def __init__(self, shapes, scales):
+        self.keys = list(shapes)
+        self.shapes = {k: tuple(shapes[k]) for k in self.keys}
+        self.scales = dict(scales)  # None: a positive group, through its log
+
+    @classmethod
+    def from_params(cls, params, positive, scales=None):
+        """Groups named in ``positive`` by log; the others divided by ``scales``
+        (default: the root mean square of their values)."""
+        scales = dict(scales or {})
+        for k in params:
+            if k in positive:
+                scales[k] = None
+            elif k not in scales:
+                rms = float(np.sqrt(np.mean(np.square(params[k], dtype=np.float64))))
+                scales[k] = rms if rms > 0 else 1.0
+        return cls({k: np.shape(params[k]) for k in sorted(params)}, scales)
+
+    def pack(self, params):
+        parts = []
+        for k in self.keys:
+            value = np.asarray(params[k], dtype=np.float64).ravel()
+            scale = self.scales[k]
+            parts.append(np.log(value) if scale is None else value / scale)
+        return np.concatenate(parts)
+
+    def unpack(self, u):
+        out, start = {}, 0
+        for k in self.keys:
+            size = math.prod(self.shapes[k])
+            part = u[start : start + size].reshape(self.shapes[k])
+            scale = self.scales[k]
+            out[k] = np.exp(part) if scale is None else scale * part
+            start += size
+        return out
+
+    def chain(self, grads, params):
+        """``d loss / d u`` from the gradients with respect to ``params``."""
+        parts = []
+        for k in self.keys:
+            g = np.asarray(grads[k], dtype=np.float64).ravel()
+            scale = self.scales[k]
+            value = np.asarray(params[k], dtype=np.float64).ravel()
+            parts.append(g * value if scale is None else g * scale)
+        return np.concatenate(parts)
+
+    def to_json(self):
+        return json.dumps(
+            {"keys": self.keys, "shapes": self.shapes, "scales": self.scales}
+        )
+
+    @classmethod
+    def from_json(cls, text):
+        d = json.loads(text)
+        return cls({k: d["shapes"][k] for k in d["keys"]}, d["scales"])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from sklearn_ergo import _image_training as it
+from sklearn_ergo import load_denoiser
 from sklearn_ergo._cli import main
-from sklearn_ergo._pretrained import load_denoiser
+from sklearn_ergo._optim import ParameterVector
 from sklearn_ergo.datasets import load_image_folder
 
 Image = pytest.importorskip("PIL.Image")
@@ -225,7 +226,7 @@ def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
 def test_flat_parameters_chain_rule():
     rng = np.random.default_rng(0)
     params = {"K": rng.normal(size=(2, 3, 4)), "eps": rng.uniform(0.1, 1, size=(2, 3))}
-    flat = it._Flat.from_params(params, positive=("eps",))
+    flat = ParameterVector.from_params(params, positive=("eps",))
     u = flat.pack(params)
     for key in params:
         np.testing.assert_allclose(flat.unpack(u)[key], params[key], rtol=1e-15)
