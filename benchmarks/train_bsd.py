@@ -16,7 +16,7 @@ Writes into ``--out DIR``:
 - ``train.log``: the command and one progress line per validation (step,
   training loss, validation PSNR, elapsed, time left), appended on resume;
 - ``model.npz``: the parameters of the best validation PSNR, readable by
-  ``sklearn_ergo._pretrained.load_denoiser`` and ``denoise --model``.
+  ``sklearn_ergo.load_denoiser`` and ``denoise --model``.
 
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25 \
