@@ -11,6 +11,7 @@ import pathlib
 import zipfile
 
 import numpy as np
+from sklearn.utils._param_validation import validate_params
 
 from ._image_denoiser import ImageDenoiser
 from ._penalties import PENALTIES
@@ -24,6 +25,10 @@ _SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
 _REWEIGHTED_SETTINGS = ("n_stages", "per_stage")
 
 
+@validate_params(
+    {"denoiser": [ImageDenoiser], "path": [str, os.PathLike]},
+    prefer_skip_nested_validation=True,
+)
 def save_denoiser(denoiser, path):
     """Save a fitted convolutional :class:`ImageDenoiser` to ``path`` (``.npz``).
 
@@ -77,6 +82,7 @@ def _write(denoiser, path):
     np.savez(path, **fields)
 
 
+@validate_params({"path": [str, os.PathLike]}, prefer_skip_nested_validation=True)
 def load_denoiser(path):
     """Load a denoiser saved by :func:`save_denoiser`; returns a fitted ImageDenoiser.
 

@@ -18,9 +18,11 @@ with NumPy (no PyWavelets at run time).
 """
 
 import math
+from numbers import Integral
 
 import numpy as np
 from scipy.ndimage import uniform_filter
+from sklearn.utils._param_validation import validate_params
 
 from ._image_data import as_planes
 
@@ -106,6 +108,10 @@ def _plane_sigma(plane):
     return float(np.median(np.abs(HH[quiet & valid])) * _MAD_TO_SIGMA)
 
 
+@validate_params(
+    {"image": ["array-like"], "channel_axis": [Integral, None]},
+    prefer_skip_nested_validation=True,
+)
 def estimate_sigma(image, *, channel_axis=None):
     """Estimate the standard deviation of additive Gaussian noise in an image.
 

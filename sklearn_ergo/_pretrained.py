@@ -6,8 +6,10 @@ the bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
 """
 
 from importlib import resources
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, validate_params
 
 from ._image_data import as_planes
 from ._model_io import load_denoiser
@@ -34,6 +36,15 @@ def _reweighted(denoiser):
     return denoiser._map().penalty.reweighted
 
 
+@validate_params(
+    {
+        "image": ["array-like"],
+        "sigma": [Interval(Real, 0, None, closed="neither"), None],
+        "channel_axis": [Integral, None],
+        "data_range": [Interval(Real, 0, None, closed="neither"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
     """Denoise an image of any dtype and range with the shipped operators.
 

@@ -154,7 +154,7 @@ def test_stack_is_denoised_image_by_image(pair):
         (np.zeros((2, 48, 48, 3)), {}, ValueError, "3-D"),
         (np.zeros((48, 48)), dict(channel_axis=-1), ValueError, "must be 3-D"),
         (np.zeros((48, 48, 3)), dict(channel_axis=3), ValueError, "out of range"),
-        (np.zeros((48, 48)), dict(sigma=-1.0), ValueError, "sigma must be"),
+        (np.zeros((48, 48)), dict(sigma=-1.0), ValueError, "'sigma' parameter"),
         (np.zeros((48, 48), np.uint8), dict(sigma=300), ValueError, "at most"),
     ],
 )
