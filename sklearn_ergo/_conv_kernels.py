@@ -164,8 +164,14 @@ class ValidKernels:
         )
         return cols
 
-    def apply_acc(self, images, Z, alpha=1.0, beta=0.0):
-        """``Z <- alpha 𝒦 images + beta Z``; ``Z`` of shape (N * n_positions, m)."""
+    def apply_acc(self, images, Z, alpha=1.0, beta=0.0, *, prev=None, post=None):
+        """``Z <- alpha 𝒦 images + beta Z``; ``Z`` of shape (N * n_positions, m).
+
+        With ``prev`` (of ``Z``'s shape) ``Z <- alpha 𝒦 images + beta prev``,
+        and ``post(start, stop)`` is called on every finished range of rows of
+        ``Z``: both run on one tile at a time, while it is in cache, instead of
+        as passes over the whole dual (see ``_chambolle_pock.apply_update``).
+        """
         gemm = blas("gemm", Z.dtype)
         KT = self.K.T
         windows = self._windows(images)
@@ -173,8 +179,12 @@ class ValidKernels:
         def tile_apply(tile, scratch):
             start, stop = self._span(tile)
             cols = self._patches(windows, tile, scratch)
+            if prev is not None and beta != 0.0:
+                np.copyto(Z[start:stop], prev[start:stop])
             c = Z[start:stop].T
             gemm(alpha, KT, cols.T, beta=beta, c=c, trans_a=1, trans_b=1, overwrite_c=1)
+            if post is not None:
+                post(start, stop)
 
         _run(tile_apply, self._tiles(len(images)), self.n_threads)
 
