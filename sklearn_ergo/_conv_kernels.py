@@ -102,11 +102,12 @@ def _scratch():
     return _LOCAL.scratch
 
 
-def _buffer(scratch, size, dtype):
+def _buffer(scratch, size, dtype, name=""):
     """A reusable 1-D scratch array of at least ``size`` values."""
-    buf = scratch.get(dtype)
+    key = (name, np.dtype(dtype))
+    buf = scratch.get(key)
     if buf is None or buf.size < size:
-        buf = scratch[dtype] = np.empty(size, dtype=dtype)
+        buf = scratch[key] = np.empty(size, dtype=dtype)
     return buf[:size]
 
 
@@ -197,6 +198,9 @@ class ValidKernels:
         def tile_adjoint(tile, scratch):
             n0, n1, i0, i1 = tile
             start, stop = self._span(tile)
+            if n1 - n0 == 1 and canvas.flags.c_contiguous:
+                wide_adjoint(n0, i0, i1, Y[start:stop], scratch)
+                return
             n_t = stop - start
             T = _buffer(scratch, p * p * n_t, Y.dtype).reshape(p * p, n_t)
             # T^T = alpha Y_t K, written channel-major (T is its transpose).
@@ -207,6 +211,31 @@ class ValidKernels:
             for u in range(p):
                 for v in range(p):
                     canvas[n0:n1, i0 + u : i1 + u, v : v + Wg] += T[u, v]
+
+        def wide_adjoint(n, i0, i1, Y_t, scratch):
+            # Within one image, T gets a row per position of rows i0:i1 of
+            # the full width W (the p - 1 extra columns from zero rows of Y):
+            # each shifted add is then one contiguous add along the image's
+            # flat rows instead of rows x Wg strided ones, 2.7x faster for
+            # 64x64 crops and 7x7 filters, for 10 % more GEMM flops.
+            W = canvas.shape[2]
+            rows, m = i1 - i0, Y_t.shape[1]
+            n_w = rows * W
+            Y_w = _buffer(scratch, n_w * m, Y_t.dtype, "wide").reshape(rows, W, m)
+            Y_w[:, :Wg] = Y_t.reshape(rows, Wg, m)
+            Y_w[:, Wg:] = 0.0
+            T = _buffer(scratch, p * p * n_w, Y_t.dtype).reshape(p * p, n_w)
+            Y_w = Y_w.reshape(n_w, m)
+            gemm(alpha, Y_w.T, K.T, c=T.T, trans_a=1, trans_b=1, overwrite_c=1)
+            flat = canvas[n].reshape(-1)
+            # The zero columns wrap onto the next row of the tile's own
+            # (halo) rows, except the last row's, left out: a neighbouring
+            # band may be writing those rows in another thread.
+            n_add = n_w - (W - Wg)
+            for u in range(p):
+                for v in range(p):
+                    at = (i0 + u) * W + v
+                    flat[at : at + n_add] += T[u * p + v, :n_add]
 
         tiles = self._tiles(len(canvas))
         if len(tiles) > 1 and tiles[0][1] - tiles[0][0] == 1 and self.n_threads > 1:
