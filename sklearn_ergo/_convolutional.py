@@ -105,7 +105,8 @@ class ConvolutionalOperator:
     boundary : {"valid", "periodic"}, default="valid"
         See the module docstring.
     n_threads : int, default=1
-        Python threads over tiles of the positions (BLAS releases the GIL);
+        Python threads over tiles of the positions (NumPy's products release
+        the GIL);
         meant for a single-threaded BLAS, else the two pools oversubscribe
         the cores.
     tile_positions : int, default=None
