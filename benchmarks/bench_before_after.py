@@ -14,7 +14,12 @@ turns (ABAB...), medians, so the load of a busy machine falls on both:
 * **dense**: ``unrolled_loss_grad``, N = 4096, L = 50, 64x64, ergodic,
   ``n_jobs=1`` and the default ``n_jobs=None``;
 * **denoise**: ``denoise_image`` on the 512x512 image of
-  ``bench_denoise.py`` (default ``n_jobs``: every core).
+  ``bench_denoise.py`` (default ``n_jobs``: every core);
+* **gil** (no comparison): two Python threads each multiplying 1000x1000
+  float32 matrices 6 times, over one thread doing both shares, with
+  ``scipy.linalg.blas.sgemm`` and with ``np.dot`` (one BLAS thread): about
+  1 when the calls hold the GIL, 0.5 when they release it and a second core
+  is free (the CPU time over the wall time tells which).
 
 ::
 
@@ -29,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 
@@ -36,7 +42,7 @@ import numpy as np
 from _common import machine, markdown_table
 from threadpoolctl import threadpool_limits
 
-SECTIONS = ("kernels", "layer", "gradient", "dense", "denoise")
+SECTIONS = ("kernels", "layer", "gradient", "dense", "denoise", "gil")
 
 
 def load_before(tree):
@@ -131,6 +137,42 @@ def workloads(name, sections, rng):
     return out
 
 
+def gil_check(repeats):
+    """Two threads against one doing both: scipy's sgemm and np.dot."""
+    from scipy.linalg.blas import sgemm
+
+    A = np.random.default_rng(0).standard_normal((1000, 1000)).astype(np.float32)
+    products = {
+        "scipy.linalg.blas.sgemm": lambda: sgemm(1.0, A, A),
+        "np.dot": lambda: np.dot(A, A),
+    }
+    rows = []
+    with threadpool_limits(1, "blas"):
+        for name, product in products.items():
+
+            def work(product=product):
+                for _ in range(6):
+                    product()
+
+            ratios, cpu = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                work()
+                work()
+                serial = time.perf_counter() - start
+                threads = [threading.Thread(target=work) for _ in range(2)]
+                start, start_cpu = time.perf_counter(), time.process_time()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - start
+                ratios.append(wall / serial)
+                cpu.append((time.process_time() - start_cpu) / wall)
+            rows.append([name, f"{np.median(ratios):.2f}", f"{np.median(cpu):.2f}"])
+    print(markdown_table(["product", "2 threads / serial", "CPU / wall"], rows))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("before", help="folder holding the other commit's sklearn_ergo")
@@ -141,11 +183,15 @@ def main():
     def rng(seed):
         return np.random.default_rng(seed)
 
+    load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    print(f"# bench_before_after on {machine()}, {load}; medians of {args.repeats}\n")
+    if "gil" in args.sections:
+        print("## Do the products release the GIL?\n")
+        gil_check(args.repeats)
+        print()
     names = {"before": load_before(args.before), "after": "sklearn_ergo"}
     runs = {v: workloads(name, args.sections, rng) for v, name in names.items()}
     times = {key: {v: [] for v in runs} for key in runs["after"]}
-    load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    print(f"# bench_before_after on {machine()}, {load}; medians of {args.repeats}\n")
     rows = []
     for key in times:
         # The kernels run with one BLAS thread; the map's drivers set it.
@@ -163,7 +209,8 @@ def main():
             + [f"{before / after:.2f}x"]
         )
         print("| " + " | ".join(rows[-1]) + " |", flush=True)
-    print("\n" + markdown_table(HEADER, rows))
+    if rows:
+        print("\n" + markdown_table(HEADER, rows))
     print("\nload average at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
