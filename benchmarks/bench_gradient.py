@@ -11,7 +11,9 @@ its SVD); ``--steps fixed`` uses the same constant steps in both instead.
 For every configuration the script first checks that the two implementations
 agree (loss and gradient), then times them interleaved (same process, same
 number of cores: ``--threads T`` gives PyTorch T threads and sklearn-ergo
-``n_jobs=T`` workers with one BLAS thread each; the GEMM reference runs with T
+``n_jobs=T`` workers with one BLAS thread each, or with ``--default-n-jobs``
+its default ``n_jobs=None`` (every core, in threads: matched when T is the
+number of cores); the GEMM reference runs with T
 BLAS threads; default 1), together with a plain NumPy GEMM
 that gives the machine's attainable rate, and reports best-of-k and median
 times, the achieved GFLOP/s of a gradient evaluation (``12 m n L`` flops per
@@ -112,7 +114,8 @@ def run_config(N, L, shape, dtype, unroll, args, torch):
     K, X_noisy, X_clean = make_problem(N, m, n, dtype)
     alpha = output_weights(L, unroll)
     # the library's parallelism is n_jobs workers with one BLAS thread each
-    kw = dict(n_layers=L, unroll=unroll, n_jobs=args.threads)
+    n_jobs = None if args.default_n_jobs else args.threads
+    kw = dict(n_layers=L, unroll=unroll, n_jobs=n_jobs)
     if args.chunk_size:
         kw.update(chunk_size=args.chunk_size)
     steps = None
@@ -213,6 +216,12 @@ def parse_args(argv):
         default=1,
         help="PyTorch threads, and n_jobs of sklearn-ergo (one BLAS thread each)",
     )
+    p.add_argument(
+        "--default-n-jobs",
+        action="store_true",
+        help="sklearn-ergo with its default n_jobs=None (every core, in threads); "
+        "matched threads when --threads is the number of cores",
+    )
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--chunk-size", type=int, help="sklearn-ergo's chunk_size")
     p.add_argument("--no-memory", dest="memory", action="store_false")
@@ -255,7 +264,11 @@ def main(argv=None):
         if torch is not None:
             torch.set_num_threads(args.threads)
         blas = {(d["internal_api"], d["num_threads"]) for d in threadpool_info()}
-        print(f"# {machine()}; threads = {args.threads}; pools {sorted(blas)}")
+        n_jobs = "None (default)" if args.default_n_jobs else args.threads
+        print(
+            f"# {machine()}; threads = {args.threads}; sklearn-ergo n_jobs = "
+            f"{n_jobs}; pools {sorted(blas)}"
+        )
         print(
             f"# numpy {np.__version__}"
             + (f", torch {torch.__version__}" if torch is not None else "")

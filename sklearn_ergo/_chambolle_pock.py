@@ -61,13 +61,13 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
         )
         r_prev, r = (R[l - 1], R[l]) if record else (R[(l - 1) % 2], R[l % 2])
         # dual step: y <- prox_{sigma F*}(y + sigma K xbar), the update fused
-        # into the matrix product
+        # into the matrix product, written into the tape's next slot, and the
+        # prox applied per tile while it is in cache (apply_update).
+        prev = None
         if record:
-            y = Y[l - 1]
-            if l > 1:
-                np.copyto(y, Y[l - 2])
-        op.apply_acc(xbar, y, sigma, 1.0 if (l > 1 or not record) else 0.0)
-        penalty.prox_conjugate(y, sigma, out=y)
+            y, prev = Y[l - 1], (Y[l - 2] if l > 1 else None)
+        beta = 1.0 if (l > 1 or not record) else 0.0
+        apply_update(op, xbar, y, sigma, beta, prev, _prox_parts(penalty, y, sigma))
         # primal step: r <- prox_{tau G}(r - tau K^T y) = (r - tau K^T y) / (1 + tau)
         c = _G.prox_slope(tau)
         np.copyto(r, r_prev)
@@ -165,19 +165,12 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad
         pr += tau * _dot(d_P, R[l])
         # w^[l] = sigma_l prox' * (w^[l+1] / sigma_{l+1} - tau_l K delta_P^[l]),
         # written over w^[l+2], which is no longer needed; prox' is read off y.
+        # The mask (and the bounds' share) is applied per tile of the product,
+        # in cache (apply_update).
         s = sigma * penalty.prox_conjugate_slope(sigma)
         w = w_next2
-        np.copyto(w, w_next)
-        op.apply_acc(d_P, w, -tau * s, s / sigma_next)
-        penalty.active(y, out=mask)
-        if bound_grad is not None:
-            # comb is free until the next layer: sign(y) * w / sigma off the mask.
-            np.sign(y, out=comb)
-            comb *= w
-            _axpy(comb, bound_grad, 1.0 / sigma)
-            comb *= mask
-            _axpy(comb, bound_grad, -1.0 / sigma)
-        w *= mask
+        project = _mask_parts(penalty, y, w, mask, comb, bound_grad, sigma)
+        apply_update(op, d_P, w, -tau * s, s / sigma_next, w_next, project)
         if on_layer is not None:
             np.multiply(w, 1.0 / sigma, out=d_D)
             on_layer(l, d_P, d_D)
@@ -192,6 +185,69 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad
     sigma_sens = float(np.vdot(K, grad_D)) - c2 * wy
     tau_sens = -float(np.vdot(K, grad_P)) - pr
     return grad_D, grad_P, sigma_sens, tau_sens
+
+
+def apply_update(op, X, out, alpha, beta, prev=None, post=None):
+    """``out <- alpha K X + beta prev`` (``prev=None``: ``out``), then ``post``.
+
+    ``post(start, stop)`` finishes the flat range ``start:stop`` of ``out``.
+    An operator with its own ``apply_update`` (the convolutional one) runs
+    the copy and ``post`` per tile while the tile is in cache: on a 512x512
+    image, where the dual (48 filters) is 50 MB, a layer then makes one pass
+    over it instead of three.  Others get the copy, the fused product and
+    one ``post`` on the whole of ``out``.
+    """
+    if hasattr(op, "apply_update"):
+        op.apply_update(X, out, alpha, beta, prev, post)
+        return
+    if prev is not None and beta != 0.0:
+        np.copyto(out, prev)
+    op.apply_acc(X, out, alpha, beta)
+    if post is not None:
+        post(0, out.size)
+
+
+def _parts(penalty, start, stop, *arrays):
+    """``penalty`` and views of the dual-shaped ``arrays`` on a flat range.
+
+    The whole range keeps the arrays' shapes (and a penalty without ``part``
+    works on operators that finish their output in one piece).
+    """
+    if start == 0 and stop == arrays[0].size:
+        return penalty, arrays
+    return penalty.part(start, stop), [a.reshape(-1)[start:stop] for a in arrays]
+
+
+def _prox_parts(penalty, y, sigma):
+    """``post`` of :func:`apply_update`: ``y <- prox_{sigma F*}(y)`` on a range."""
+
+    def prox(start, stop):
+        part, (z,) = _parts(penalty, start, stop, y)
+        part.prox_conjugate(z, sigma, out=z)
+
+    return prox
+
+
+def _mask_parts(penalty, y, w, mask, scratch, bound_grad, sigma):
+    """``post`` of :func:`apply_update`: ``w <- prox' * w`` on a range.
+
+    ``prox'`` is read off ``y`` (:meth:`active`); with ``bound_grad``, its
+    share ``sign(y) * w / sigma`` off the mask is added first.
+    """
+
+    def project(start, stop):
+        arrays = (y, w, mask, scratch) + (() if bound_grad is None else (bound_grad,))
+        part, (y_, w_, mask_, scratch_, *bound) = _parts(penalty, start, stop, *arrays)
+        part.active(y_, out=mask_)
+        if bound:
+            np.sign(y_, out=scratch_)
+            scratch_ *= w_
+            _axpy(scratch_, bound[0], 1.0 / sigma)
+            scratch_ *= mask_
+            _axpy(scratch_, bound[0], -1.0 / sigma)
+        w_ *= mask_
+
+    return project
 
 
 def _axpy(x, y, a):

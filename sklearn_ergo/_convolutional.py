@@ -105,7 +105,8 @@ class ConvolutionalOperator:
     boundary : {"valid", "periodic"}, default="valid"
         See the module docstring.
     n_threads : int, default=1
-        Python threads over tiles of the positions (BLAS releases the GIL);
+        Python threads over tiles of the positions (NumPy's products release
+        the GIL);
         meant for a single-threaded BLAS, else the two pools oversubscribe
         the cores.
     tile_positions : int, default=None
@@ -236,6 +237,32 @@ class ConvolutionalOperator:
         )
         if target is not out:
             out[...] = target
+
+    def apply_update(self, X, out, alpha, beta, prev=None, post=None):
+        """``out <- alpha 𝒦 X + beta prev`` (``prev=None``: ``out``), then ``post``.
+
+        ``post(start, stop)`` is called on every finished range of the flat
+        ``out`` (``out.reshape(-1)[start:stop]``).  The copy of ``prev`` and
+        ``post`` run per tile of the banded kernels, in cache: the solver's
+        dual update and prox then cost no extra pass over the dual (see
+        :func:`sklearn_ergo._chambolle_pock.apply_update`).
+        """
+        if _writable(out) is not out:
+            if prev is not None and beta != 0.0:
+                out[...] = prev
+            self.apply_acc(X, out, alpha, beta)
+            if post is not None:
+                post(0, out.size)
+            return
+        m = self.n_filters
+        self._kernel(out.dtype).apply_acc(
+            self._images(X, out.dtype),
+            out.reshape(-1, m),
+            alpha,
+            beta,
+            prev=None if prev is None else prev.reshape(-1, m),
+            post=None if post is None else lambda i, j: post(i * m, j * m),
+        )
 
     def adjoint_acc(self, Y, out, alpha=1.0, beta=0.0):
         """``out <- alpha 𝒦^T Y + beta out`` in place."""

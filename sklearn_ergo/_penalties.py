@@ -10,7 +10,9 @@ the boundary, so the backward pass reads the mask off the stored dual iterate
 A convex penalty provides
 
 - ``prox_conjugate(z, sigma, out)``, ``prox_conjugate_slope(sigma)`` and
-  ``active(y, out)`` for the forward and backward passes;
+  ``active(y, out)`` for the forward and backward passes, and ``part(start,
+  stop)``, the penalty on a range of the flat dual iterate (the solver works
+  per tile of the operator);
 - ``conjugate_l2``: the ``c`` of a term ``(c / 2) ||y||^2`` in ``F*``, the
   only way the conjugate prox depends on ``sigma`` (hence on the step rule);
 - ``smooth``: whether ``F`` is differentiable (the implicit mode needs it);
@@ -42,6 +44,15 @@ class Penalty:
     def from_settings(cls, *, huber_eps=None):
         """The penalty for an estimator's settings (most take none)."""
         return cls()
+
+    def part(self, start, stop):
+        """The penalty of the coordinates ``start:stop`` of the flat dual iterate.
+
+        The solver applies the prox and the mask per tile of the operator
+        (:func:`~sklearn_ergo._chambolle_pock.apply_update`); a penalty without
+        per-coordinate parameters is the same on every part.
+        """
+        return self
 
 
 class L1(Penalty):
@@ -84,6 +95,9 @@ class WeightedL1(L1):
 
     def __init__(self, bounds):
         self.bounds = bounds
+
+    def part(self, start, stop):
+        return WeightedL1(self.bounds.reshape(-1)[start:stop])
 
     def value(self, u):
         return float(np.sum(self.bounds * np.abs(u)))

@@ -17,6 +17,9 @@ penalty is the l1 model and uses none of them).  Gradients come back in the
 same structure.
 """
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +29,13 @@ import numpy as np
 from ._chambolle_pock import backward, forward
 from ._implicit import check_implicit_penalty, implicit_denoise, implicit_loss_grad
 from ._operators import DenseOperator
-from ._parallel import FORWARD_BYTES, chunk_slices, map_chunks, one_blas_thread
+from ._parallel import (
+    FORWARD_BYTES,
+    chunk_slices,
+    map_chunks,
+    one_blas_thread,
+    workers,
+)
 from ._penalties import L1
 from ._steps import ScaledSteps, add_step_rule_grad
 
@@ -255,6 +264,22 @@ class UnrolledMap:
             for name, value in stage.params.items()
         }
 
+    def _threads_per_chunk(self, n_chunks, n_jobs):
+        """This map, its operator given the workers that the chunks leave idle.
+
+        With fewer chunks than workers (one large image), an operator that
+        takes ``n_threads`` (the convolutional one: threads over tiles)
+        gets ``workers // n_chunks`` of them, so that one image uses every
+        core; others run as they are.
+        """
+        threads = workers(n_jobs)[0] // max(n_chunks, 1)
+        if threads <= 1:
+            return self
+        if "n_threads" not in inspect.signature(self.operator).parameters:
+            return self
+        operator = functools.partial(self.operator, n_threads=threads)
+        return dataclasses.replace(self, operator=operator)
+
     def _tape_bytes(self, op, itemsize):
         per_stage = (self.n_layers + 1) * (op.n_primal + op.n_dual) * itemsize
         return self.n_stages * per_stage
@@ -286,8 +311,9 @@ class UnrolledMap:
             chunk_size,
             sample_size=op.n_primal,
         )
+        umap = self._threads_per_chunk(len(slices), n_jobs)
         results = map_chunks(
-            _chunk_loss_grad, slices, n_jobs, self, stages, X_noisy, X_clean
+            _chunk_loss_grad, slices, n_jobs, umap, stages, X_noisy, X_clean
         )
         loss = sum(r[0] for r in results)
         per_stage = [
@@ -348,7 +374,8 @@ class UnrolledMap:
             budget=FORWARD_BYTES,
             sample_size=op.n_primal,
         )
-        parts = map_chunks(_chunk_apply, slices, n_jobs, self, stages, X_noisy)
+        umap = self._threads_per_chunk(len(slices), n_jobs)
+        parts = map_chunks(_chunk_apply, slices, n_jobs, umap, stages, X_noisy)
         return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
 

@@ -13,6 +13,7 @@ from sklearn_ergo._convolutional import (
     ConvolutionalOperator,
     denoise_images,
     images_loss_grad,
+    on_images,
     symbol_norm_bound,
 )
 from sklearn_ergo._init import initial_filters, tv_filters
@@ -179,3 +180,22 @@ def test_parallel_chunks_match_serial():
     np.testing.assert_allclose(grad2["K"], grad1["K"], rtol=1e-10, atol=1e-14)
     out = denoise_images(umap, {"K": K}, noisy)
     assert out.shape == noisy.shape
+
+
+def test_one_image_gets_the_idle_workers_as_tile_threads():
+    # Fewer chunks than workers: the convolutional operator of each chunk
+    # gets workers // chunks tile threads; the results are the same.
+    rng = np.random.default_rng(5)
+    K = 0.3 * rng.standard_normal((4, 9))
+    # 78 x 68 positions: two tiles of the banded kernels.
+    umap = on_images(UnrolledMap(4, penalty=make_penalty("l1")), (80, 70), 3)
+    assert umap._threads_per_chunk(1, 2).operator(K).n_threads == 2
+    assert umap._threads_per_chunk(3, 2) is umap
+    dense = UnrolledMap(4)
+    assert dense._threads_per_chunk(1, 2) is dense
+    params = {"K": K}
+    image = rng.uniform(size=(1, 80, 70))
+    one = denoise_images(umap, params, image, n_jobs=1)
+    with parallel_config(backend="threading"):
+        two = denoise_images(umap, params, image, n_jobs=2)
+    np.testing.assert_allclose(two, one, rtol=1e-13, atol=1e-15)

@@ -9,8 +9,12 @@ valid and periodic boundaries; the fused products against the plain ones.
 import numpy as np
 import pytest
 
+from sklearn_ergo._chambolle_pock import backward, forward
 from sklearn_ergo._conv_kernels import make_tiles
 from sklearn_ergo._convolutional import BOUNDARIES, ConvolutionalOperator
+from sklearn_ergo._penalties import WeightedL1
+from sklearn_ergo._steps import ScaledSteps
+from sklearn_ergo._unrolled_map import output_weights
 
 N, H, W = 3, 11, 9
 
@@ -166,3 +170,44 @@ def test_tiles_cover_positions_once():
             assert start == (n0 * grid[0] + i0) * grid[1]
             start += (n1 - n0) * (i1 - i0) * grid[1]
         np.testing.assert_array_equal(covered, 1)
+
+
+class _WholeArrays:
+    """The operator without ``apply_update``: the solver's whole-array path."""
+
+    def __init__(self, op):
+        self.op = op
+        self.weights, self.n_dual, self.n_primal = op.weights, op.n_dual, op.n_primal
+        self.apply_acc, self.adjoint_acc = op.apply_acc, op.adjoint_acc
+        self.weight_grad_acc = op.weight_grad_acc
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p, tile_positions, n_threads", [(3, 7, 1), (3, 14, 2)])
+def test_tilewise_updates_match_whole_arrays(p, tile_positions, n_threads, dtype):
+    # The prox, the mask and the bounds' gradient run per tile (several tiles
+    # per image here, with per-coordinate bounds): the same elementwise
+    # operations as on the whole arrays, up to BLAS axpy rounding the tail of
+    # a vector (here: of a tile) without fused multiply-adds.
+    rng = np.random.default_rng(3)
+    K = (0.3 * rng.standard_normal((4, p * p))).astype(dtype)
+    op = ConvolutionalOperator(
+        K, (H, W), p, n_threads=n_threads, tile_positions=tile_positions
+    )
+    X = rng.standard_normal((N, H * W)).astype(dtype)
+    g = rng.standard_normal(X.shape).astype(dtype)
+    penalty = WeightedL1(rng.uniform(0.2, 1.0, (N, op.n_dual)).astype(dtype))
+    steps = ScaledSteps().schedule(op.norm_and_grad()[0], 6, dtype)
+    alpha = output_weights(6, "ergodic")
+    results = []
+    for operator in (op, _WholeArrays(op)):
+        out, tape = forward(operator, X, steps, penalty, alpha, record=True)
+        bound_grad = np.zeros_like(penalty.bounds)
+        grads = backward(
+            operator, X, tape, steps, penalty, alpha, g, bound_grad=bound_grad
+        )
+        results.append((out, *tape, bound_grad, *grads[:2]))
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for tiled, whole in zip(*results, strict=True):
+        scale = np.abs(whole).max()
+        np.testing.assert_allclose(tiled, whole, rtol=rtol, atol=rtol * scale)
