@@ -9,13 +9,11 @@ rounding.
 
 import importlib.util
 import pathlib
-import warnings
 
 import numpy as np
 import pytest
 
 from sklearn_ergo import (
-    AnalysisOperatorLearner,
     denoise_image,
     unrolled_denoise,
     unrolled_loss_grad,
@@ -24,7 +22,6 @@ from sklearn_ergo._convolutional import denoise_images, images_loss_grad
 from sklearn_ergo._penalties import L1, Huber, Log
 from sklearn_ergo._steps import AcceleratedSteps
 from sklearn_ergo._unrolled_map import UnrolledMap
-from sklearn_ergo.datasets import make_noisy_patches
 
 DATA = pathlib.Path(__file__).with_name("data")
 _spec = importlib.util.spec_from_file_location(
@@ -92,18 +89,7 @@ def test_convolutional_huber_and_denoise(reference):
 
 @pytest.mark.parametrize("solver", ["lbfgs", "adam"])
 def test_fit_on_demo_data(reference, solver):
-    settings = ref_cases.demo_fit_settings()
-    X, Y = make_noisy_patches(
-        "china.jpg", settings["n_patches"], noise_std=0.1, random_state=0
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est = AnalysisOperatorLearner(
-            n_layers=settings["n_layers"],
-            max_iter=settings["max_iter"],
-            solver=solver,
-            random_state=0,
-        ).fit(X, Y)
+    est, X = ref_cases.demo_fit(solver)
     _close(est.components_, reference[f"fit/{solver}/components"])
     _close(est.loss_curve_, reference[f"fit/{solver}/loss_curve"])
     _close(est.predict(X[:200]), reference[f"fit/{solver}/predict"])

@@ -70,22 +70,31 @@ def reference_image():
     return clean, rng.standard_normal(clean.shape)
 
 
-def demo_fit_settings():
-    return dict(n_patches=1500, n_layers=8, max_iter=4)
+def demo_fit(solver):
+    """``AnalysisOperatorLearner`` fitted on patches of the demo image, and X."""
+    from sklearn_ergo import AnalysisOperatorLearner
+    from sklearn_ergo.datasets import make_noisy_patches
+
+    X, Y = make_noisy_patches("china.jpg", 1500, noise_std=0.1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fixed budget of iterations
+        est = AnalysisOperatorLearner(
+            n_layers=8, max_iter=4, solver=solver, random_state=0
+        ).fit(X, Y)
+    return est, X
 
 
 def record():
-    from sklearn_ergo import (
-        AnalysisOperatorLearner,
-        denoise_image,
-        unrolled_denoise,
-        unrolled_loss_grad,
-    )
-    from sklearn_ergo.datasets import make_noisy_patches
     from sklearn_ergo.image import (
         convolutional_denoise,
         convolutional_log_loss_grad,
         convolutional_loss_grad,
+    )
+
+    from sklearn_ergo import (
+        denoise_image,
+        unrolled_denoise,
+        unrolled_loss_grad,
     )
 
     out = {}
@@ -123,19 +132,8 @@ def record():
         K, noisy, n_layers=6, penalty="log", eps=eps, n_stages=2
     )
 
-    settings = demo_fit_settings()
-    X, Y = make_noisy_patches(
-        "china.jpg", settings["n_patches"], noise_std=0.1, random_state=0
-    )
     for solver in ("lbfgs", "adam"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            est = AnalysisOperatorLearner(
-                n_layers=settings["n_layers"],
-                max_iter=settings["max_iter"],
-                solver=solver,
-                random_state=0,
-            ).fit(X, Y)
+        est, X = demo_fit(solver)
         out[f"fit/{solver}/components"] = est.components_
         out[f"fit/{solver}/loss_curve"] = np.array(est.loss_curve_)
         out[f"fit/{solver}/predict"] = est.predict(X[:200])
