@@ -1,6 +1,6 @@
 """Banded BLAS kernels of the valid convolution ``𝒦`` and its adjoint.
 
-The operator of :mod:`._convolution` is ``Z = C(x) K^T`` with the im2col
+The operator of :mod:`._convolutional` is ``Z = C(x) K^T`` with the im2col
 matrix ``C(x)`` (one row per patch position).  Built whole, ``C`` is
 ``p^2`` times the image (100 MB for a 512x512 image and 7x7 filters in
 float64) and its strided copy costs more than the product; the adjoint's
@@ -28,7 +28,7 @@ took 1.1x the time of one thread doing both with ``scipy.linalg.blas.sgemm``,
 0.6x with ``np.dot``.
 
 Only the valid boundary is implemented here; the periodic one pads the
-image by wrapping and folds the margin back (:mod:`._convolution`).
+image by wrapping and folds the margin back (:mod:`._convolutional`).
 """
 
 import threading
