@@ -179,3 +179,44 @@ def test_parallel_chunks_and_denoise():
 def test_stages_need_a_reweighted_penalty():
     with pytest.raises(ValueError, match="n_stages=2 needs a penalty"):
         _map(5, 2, penalty=L1())
+
+
+class SqrtPenalty(Log):
+    """``sum_j 2 eps (sqrt(1 + |z_j| / eps) - 1)``: another penalty concave in
+    ``|z|``, written here as a user would, to show that a reweighted penalty is
+    one class (its weights and their derivative) and nothing else."""
+
+    def weights(self, z, params):
+        return 1.0 / np.sqrt(1.0 + np.abs(z) / params["eps"])
+
+    def weights_vjp(self, z, w, params, d_w):
+        eps = params["eps"]
+        # w = (1 + |z| / eps)^(-1/2), so dw/d|z| = -w^3 / (2 eps)
+        # and dw/deps = w^3 |z| / (2 eps^2).
+        common = d_w * w**3 / (2.0 * eps)
+        return -np.sign(z) * common, {"eps": common * np.abs(z) / eps}
+
+
+@pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
+def test_a_new_reweighted_penalty_is_one_class(per_stage):
+    # Dense operator: UnrolledMap's defaults, nothing else to write.
+    rng = np.random.default_rng(5)
+    X_clean = np.repeat(rng.uniform(size=(12, 3)), 3, axis=1)
+    X_noisy = X_clean + 0.1 * rng.standard_normal(X_clean.shape)
+    umap = UnrolledMap(8, penalty=SqrtPenalty(), n_stages=3, per_stage=per_stage)
+    K = 0.3 * np.diff(np.eye(9), axis=0)
+    eps = np.full(8, 0.05)
+    if per_stage:
+        K = np.stack([K * (1 - 0.1 * s) for s in range(3)])
+        eps = np.stack([eps * (1 + 0.5 * s) for s in range(3)])
+    params = {"K": K, "eps": eps}
+    loss, grads = umap.loss_grad(params, X_noisy, X_clean)
+    # The stages use the weights: the output differs from the l1 model's.
+    l1 = UnrolledMap(8).loss_grad({"K": K[0] if per_stage else K}, X_noisy, X_clean)
+    assert abs(loss - l1[0]) > 1e-4 * l1[0]
+    for name in params:
+
+        def f(v, name=name):
+            return umap.loss_grad(params | {name: v}, X_noisy, X_clean)[0]
+
+        assert fd_relative_error(f, params[name], grads[name], rng) <= 1e-6
