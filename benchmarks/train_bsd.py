@@ -10,9 +10,9 @@ BSD68 is never read here.
 
 Writes into ``--out DIR``:
 
-- ``checkpoint.npz``: every ``--checkpoint-minutes``, at the end, on Ctrl-C
-  and when ``--max-hours`` is reached; ``--resume`` continues it exactly
-  (same settings required);
+- ``checkpoint.npz``: every ``--checkpoint-minutes``, at the end, on Ctrl-C,
+  ``kill -INT`` or ``kill -TERM`` and when ``--max-hours`` is reached;
+  ``--resume`` continues it exactly (same settings required);
 - ``train.log``: the command and one progress line per validation (step,
   training loss, validation PSNR, elapsed, time left), appended on resume;
 - ``model.npz``: the parameters of the best validation PSNR, readable by
@@ -26,6 +26,7 @@ Writes into ``--out DIR``:
 import argparse
 import pathlib
 import shlex
+import signal
 import sys
 
 import numpy as np
@@ -93,6 +94,10 @@ def main(argv=None):
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # A run started in the background ignores SIGINT, and a session's end
+    # sends SIGTERM: both stop it as Ctrl-C does, with a checkpoint.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
