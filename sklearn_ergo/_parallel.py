@@ -7,11 +7,17 @@ cache-sized chunks keep the elementwise steps at cache speed.
 """
 
 from joblib import effective_n_jobs
-from joblib._parallel_backends import LokyBackend, ThreadingBackend
 from joblib.parallel import get_active_backend
 from sklearn.utils import gen_even_slices
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import ThreadpoolController
+
+try:  # a private module: without it, n_jobs=None keeps joblib's meaning
+    from joblib._parallel_backends import LokyBackend, ThreadingBackend
+
+    _DEFAULT_BACKENDS = (LokyBackend, ThreadingBackend)
+except ImportError:  # pragma: no cover
+    _DEFAULT_BACKENDS = ()
 
 # Tape memory per chunk (bytes).  A chunk's tape is written once per layer
 # forward and read once backward: while it stays in the last-level cache the
@@ -42,7 +48,7 @@ def workers(n_jobs):
     """
     backend, configured = get_active_backend()
     if n_jobs is None and configured is None:
-        if isinstance(backend, (LokyBackend, ThreadingBackend)):
+        if isinstance(backend, _DEFAULT_BACKENDS):
             return effective_n_jobs(-1), {"n_jobs": -1, "backend": "threading"}
     return effective_n_jobs(n_jobs), {"n_jobs": n_jobs}
 
