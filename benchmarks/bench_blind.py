@@ -28,6 +28,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from sklearn_ergo import denoise_image, estimate_sigma
+from sklearn_ergo._image_training import psnr
 
 SIGMAS = (5, 10, 15, 25, 35, 50)
 
@@ -46,10 +47,6 @@ def load(folder, max_images=None):
 def noisy_version(clean, sigma, index):
     rng = np.random.default_rng([sigma, index])
     return clean + sigma / 255 * rng.standard_normal(clean.shape)
-
-
-def psnr(out, clean):
-    return -10.0 * np.log10(np.mean((np.clip(out, 0, 1) - clean) ** 2))
 
 
 def one_image(clean, sigma, index, with_psnr):

@@ -20,6 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from sklearn_ergo._convolutional import denoise_images
+from sklearn_ergo._image_training import psnr
 from sklearn_ergo._pretrained import pretrained_denoiser
 
 
@@ -29,10 +30,6 @@ def load_png(path):
     from skimage.util import img_as_float
 
     return img_as_float(imread(path, as_gray=True))
-
-
-def psnr(x, ref):
-    return -10.0 * np.log10(np.mean((np.clip(x, 0.0, 1.0) - ref) ** 2))
 
 
 def run(model, noisy, dtype):

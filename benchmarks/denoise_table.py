@@ -49,8 +49,7 @@ import warnings
 import numpy as np
 
 from sklearn_ergo import ImageDenoiser, denoise_image
-from sklearn_ergo._image_training import benchmark_noise
-from sklearn_ergo._image_training import psnr as image_psnr
+from sklearn_ergo._image_training import benchmark_noise, psnr
 from sklearn_ergo._pretrained import load_denoiser
 from sklearn_ergo.datasets import IMAGE_SUFFIXES, load_gray_image, load_image_folder
 
@@ -83,10 +82,6 @@ def held_out_images(max_size):
         a, b = (H - h) // 2, (W - w) // 2
         out[name] = np.ascontiguousarray(image[a : a + h, b : b + w])
     return out
-
-
-def psnr(x, ref):
-    return 10 * np.log10(1.0 / np.mean((np.clip(x, 0, 1) - ref) ** 2))
 
 
 def tune_tv_weight(sigma, training, weights):
@@ -286,7 +281,7 @@ def tune_tv_weight_train400(data, level, seed, n_images=40):
     noisy = benchmark_noise(clean, level / 255.0, seed + 1)
     weights = np.geomspace(0.01, 0.5, 25)
     scores = [
-        np.mean([image_psnr(denoise_tv_chambolle(y, weight=w), x)
+        np.mean([psnr(denoise_tv_chambolle(y, weight=w), x)
                  for x, y in zip(clean, noisy, strict=True)])
         for w in weights
     ]  # fmt: skip
@@ -351,7 +346,7 @@ def standard_sets(args):
                     out = fn(y)
                     scores.append(
                         {
-                            "psnr": image_psnr(out, x),
+                            "psnr": psnr(out, x),
                             "seconds": time.perf_counter() - start,
                             # All threads of this process: for one thread, the
                             # wall time on an idle core.

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import sklearn.base
 
+from . import datasets
 from ._convolutional import denoise_images, images_loss_grad
 from ._image_denoiser import ImageDenoiser
 from ._model_io import save_denoiser
@@ -100,9 +101,8 @@ def benchmark_noise(images, sigma, seed=0):
 
 
 def psnr(output, clean):
-    """PSNR (dB, peak 1) of an output clipped to ``[0, 1]`` against a clean image."""
-    err = np.clip(np.asarray(output, dtype=np.float64), 0.0, 1.0) - clean
-    return float(10.0 * np.log10(1.0 / np.mean(err**2)))
+    """PSNR (dB, peak 1) of an output clipped to ``[0, 1]``: the tables' protocol."""
+    return float(datasets.psnr(np.clip(output, 0.0, 1.0), clean))
 
 
 # -- the model ------------------------------------------------------------------
