@@ -31,6 +31,7 @@ from ._implicit import check_implicit_penalty, implicit_denoise, implicit_loss_g
 from ._operators import DenseOperator
 from ._parallel import (
     FORWARD_BYTES,
+    TAPE_BYTES,
     chunk_slices,
     map_chunks,
     one_blas_thread,
@@ -280,9 +281,27 @@ class UnrolledMap:
         operator = functools.partial(self.operator, n_threads=threads)
         return dataclasses.replace(self, operator=operator)
 
-    def _tape_bytes(self, op, itemsize):
-        per_stage = (self.n_layers + 1) * (op.n_primal + op.n_dual) * itemsize
-        return self.n_stages * per_stage
+    def _plan(self, params, X, n_jobs, chunk_size, record):
+        """The stages, the chunks of the rows of ``X`` and the map that runs them.
+
+        With ``record`` a chunk holds every stage's tape and is sized to the
+        tape budget; without, it holds about three layers' iterates per row,
+        kept in cache.
+        """
+        stages = self.stages(params)
+        op = self.operator(stages[0].K)
+        per_row = (op.n_primal + op.n_dual) * X.itemsize
+        if record:
+            per_row *= self.n_stages * (self.n_layers + 1)
+        slices = chunk_slices(
+            len(X),
+            per_row if record else 3 * per_row,
+            n_jobs,
+            chunk_size,
+            budget=TAPE_BYTES if record else FORWARD_BYTES,
+            sample_size=op.n_primal,
+        )
+        return stages, slices, self._threads_per_chunk(len(slices), n_jobs)
 
     # -- whole batches -----------------------------------------------------
     def loss_grad(self, params, X_noisy, X_clean, *, n_jobs=None, chunk_size=None):
@@ -302,16 +321,7 @@ class UnrolledMap:
                 chunk_size=chunk_size,
             )
             return loss, {"K": grad}
-        stages = self.stages(params)
-        op = self.operator(stages[0].K)
-        slices = chunk_slices(
-            len(X_noisy),
-            self._tape_bytes(op, X_noisy.itemsize),
-            n_jobs,
-            chunk_size,
-            sample_size=op.n_primal,
-        )
-        umap = self._threads_per_chunk(len(slices), n_jobs)
+        stages, slices, umap = self._plan(params, X_noisy, n_jobs, chunk_size, True)
         results = map_chunks(
             _chunk_loss_grad, slices, n_jobs, umap, stages, X_noisy, X_clean
         )
@@ -362,19 +372,7 @@ class UnrolledMap:
             return implicit_denoise(
                 params["K"], X_noisy, self.penalty, n_jobs=n_jobs, chunk_size=chunk_size
             )
-        stages = self.stages(params)
-        op = self.operator(stages[0].K)
-        # No tape: about three layers' iterates per row, kept in cache.
-        per_row = 3 * (op.n_primal + op.n_dual) * X_noisy.itemsize
-        slices = chunk_slices(
-            len(X_noisy),
-            per_row,
-            n_jobs,
-            chunk_size,
-            budget=FORWARD_BYTES,
-            sample_size=op.n_primal,
-        )
-        umap = self._threads_per_chunk(len(slices), n_jobs)
+        stages, slices, umap = self._plan(params, X_noisy, n_jobs, chunk_size, False)
         parts = map_chunks(_chunk_apply, slices, n_jobs, umap, stages, X_noisy)
         return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
