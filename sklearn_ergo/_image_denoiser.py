@@ -414,16 +414,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             return pad_images(X, p), pad_images(Y, p)
 
         X, Y = draw()
-        D, center = self._initial_filters(p, rng)
-        shared = dataclasses.replace(umap, per_stage=False)
-        initial, u = self._tune_initial(shared, D, center, X, Y)
-        self.init_weight_ = float(np.exp(u[0]))
-        start_params = initial(u)
-        if umap.per_stage:  # every stage starts from the tuned shared model
-            start_params = {
-                name: np.stack([value] * umap.n_stages)
-                for name, value in start_params.items()
-            }
+        start_params, self.init_weight_ = self._start(umap, X, Y, rng)
         # K relative to the tuned weight, the penalty's parameters by log.
         vector = ParameterVector.from_params(
             start_params, umap.penalty.param_names, {"K": self.init_weight_}
@@ -463,6 +454,20 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 delattr(self, name)
         for name, value in best.items():
             setattr(self, f"{name}_", value)
+
+    def _start(self, umap, X, Y, rng):
+        """The tuned initial parameters of ``umap`` on padded crops, and the weight.
+
+        The model is tuned shared (:meth:`_tune_initial`); with per-stage
+        parameters every stage starts from it.
+        """
+        D, center = self._initial_filters(self._patch_size(), rng)
+        shared = dataclasses.replace(umap, per_stage=False)
+        initial, u = self._tune_initial(shared, D, center, X, Y)
+        params = initial(u)
+        if umap.per_stage:
+            params = {k: np.stack([v] * umap.n_stages) for k, v in params.items()}
+        return params, float(np.exp(u[0]))
 
     def _tune_initial(self, umap, D, center, X, Y):
         """Tune the initial model on the crops ``X``, ``Y``.

@@ -29,7 +29,6 @@ needs to continue exactly where it stopped: ``train(..., resume=True)``
 after an interruption gives bit for bit the run that was never interrupted.
 """
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -173,14 +172,7 @@ class ImageModel:
         """
         den = self.denoiser
         den.noise_std_ = float(np.std(noisy - clean))
-        D, center = den._initial_filters(den.patch_size, rng)
-        umap = den._map()
-        shared = dataclasses.replace(umap, per_stage=False)
-        initial, u = den._tune_initial(shared, D, center, noisy, clean)
-        params = initial(u)
-        if umap.per_stage:
-            params = {k: np.stack([v] * umap.n_stages) for k, v in params.items()}
-        return params
+        return den._start(den._map(), noisy, clean, rng)[0]
 
 
 def save_model(model, params, noise_std, path):
