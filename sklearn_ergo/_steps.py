@@ -37,7 +37,7 @@ The ratio ``sigma / tau`` is what matters at small L; acceleration adds
 0.00-0.03 dB over the best constant ratio and needs no search over it, hence
 the rule of the image denoiser.  (To reach the exact minimiser to many
 digits, thousands of layers, the plain rule is faster:
-``tests/test_convolutional.py`` compares both.)
+``tests/test_image.py`` compares both.)
 """
 
 import numbers
