@@ -354,15 +354,28 @@ def on_images(umap, shape, patch_size):
     return dataclasses.replace(umap, operator=operator)
 
 
-def images_loss_grad(umap, params, noisy, clean, *, n_jobs=None):
+def images_loss_grad(umap, params, noisy, clean, *, border=0, n_jobs=None):
     """:meth:`UnrolledMap.loss_grad` on ``(N, H, W)`` images (already padded).
 
-    The loss is ``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` over all pixels.
+    The loss is ``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` over the pixels more
+    than ``border`` pixels from the edge: with ``border`` the padding of
+    :func:`pad_images`, the pixels that :func:`denoise_images` returns.  The
+    padding's mirrored noise is not independent, and its errors would
+    otherwise weigh as much as the interior's on small crops.
     """
     N, H, W = noisy.shape
     umap = on_images(umap, (H, W), patch_size_of(params["K"]))
+    weights = None
+    if border:
+        weights = np.zeros((H, W), dtype=noisy.dtype)
+        weights[border : H - border, border : W - border] = 1.0
+        weights = weights.ravel()
     return umap.loss_grad(
-        params, noisy.reshape(N, H * W), clean.reshape(N, H * W), n_jobs=n_jobs
+        params,
+        noisy.reshape(N, H * W),
+        clean.reshape(N, H * W),
+        loss_weights=weights,
+        n_jobs=n_jobs,
     )
 
 

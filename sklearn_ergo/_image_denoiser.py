@@ -20,6 +20,7 @@ from ._convolutional import (
     denoise_images,
     images_loss_grad,
     pad_images,
+    patch_size_of,
 )
 from ._image_data import as_planes
 from ._init import initial_filters
@@ -437,7 +438,12 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 if r > 0:
                     X, Y = draw()
                 loss_grad = functools.partial(
-                    images_loss_grad, umap, noisy=X, clean=Y, n_jobs=self.n_jobs
+                    images_loss_grad,
+                    umap,
+                    noisy=X,
+                    clean=Y,
+                    border=p - 1,
+                    n_jobs=self.n_jobs,
                 )
                 iters = min(self.redraw_every, self.max_iter - self.n_iter_)
                 result = lbfgs(_objective(vector, loss_grad), v, iters)
@@ -666,9 +672,15 @@ def _objective(vector, loss_grad):
 
 
 def _crop_loss(umap, params, X, Y, n_jobs):
-    """``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` on padded crops ``X`` (``Y`` padded)."""
+    """``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` on crops ``X``, ``Y`` padded by ``p - 1``.
+
+    Over the crops' own pixels, as :func:`images_loss_grad` with the padding
+    as ``border``.
+    """
+    w = patch_size_of(params["K"]) - 1
+    _, H, W = Y.shape
     out = denoise_images(umap, params, X, pad=False, n_jobs=n_jobs)
-    return 0.5 * float(np.sum((out - Y) ** 2)) / len(X)
+    return 0.5 * float(np.sum((out - Y)[:, w : H - w, w : W - w] ** 2)) / len(X)
 
 
 def _patch_denoise(est, image):

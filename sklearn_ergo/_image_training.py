@@ -157,7 +157,9 @@ class ImageModel:
 
     def loss_grad(self, params, noisy, clean):
         den = self.denoiser
-        return images_loss_grad(den._map(), params, noisy, clean, n_jobs=den.n_jobs)
+        return images_loss_grad(
+            den._map(), params, noisy, clean, border=self.pad, n_jobs=den.n_jobs
+        )
 
     def denoise(self, params, images, pad=True):
         den = self.denoiser

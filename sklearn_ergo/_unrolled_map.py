@@ -304,14 +304,35 @@ class UnrolledMap:
         return stages, slices, self._threads_per_chunk(len(slices), n_jobs)
 
     # -- whole batches -----------------------------------------------------
-    def loss_grad(self, params, X_noisy, X_clean, *, n_jobs=None, chunk_size=None):
+    def loss_grad(
+        self,
+        params,
+        X_noisy,
+        X_clean,
+        *,
+        loss_weights=None,
+        n_jobs=None,
+        chunk_size=None,
+    ):
         """Loss ``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` and its exact gradients.
 
         ``X_noisy``, ``X_clean`` are validated 2-D arrays of one dtype, one
-        sample per row.  Returns ``(loss, grads)``, ``grads`` shaped like
-        ``params``; the dependence of the steps on ``K`` is included.
+        sample per row.  ``loss_weights`` (shape ``(n_features,)``, default
+        all ones) weighs each feature's squared error: images padded for the
+        convolution score only the pixels that the denoiser returns.
+        Returns ``(loss, grads)``, ``grads`` shaped like ``params``; the
+        dependence of the steps on ``K`` is included.
         """
+        if loss_weights is not None:
+            loss_weights = np.asarray(loss_weights, dtype=X_noisy.dtype)
+            if loss_weights.shape != X_noisy.shape[1:] or np.any(loss_weights < 0):
+                raise ValueError(
+                    f"loss_weights must hold {X_noisy.shape[1]} non-negative "
+                    f"numbers, got shape {loss_weights.shape}."
+                )
         if self.unroll == "implicit":
+            if loss_weights is not None:
+                raise ValueError("unroll='implicit' does not take loss_weights.")
             loss, grad = implicit_loss_grad(
                 params["K"],
                 X_noisy,
@@ -323,7 +344,14 @@ class UnrolledMap:
             return loss, {"K": grad}
         stages, slices, umap = self._plan(params, X_noisy, n_jobs, chunk_size, True)
         results = map_chunks(
-            _chunk_loss_grad, slices, n_jobs, umap, stages, X_noisy, X_clean
+            _chunk_loss_grad,
+            slices,
+            n_jobs,
+            umap,
+            stages,
+            X_noisy,
+            X_clean,
+            loss_weights,
         )
         loss = sum(r[0] for r in results)
         per_stage = [
@@ -377,12 +405,13 @@ class UnrolledMap:
         return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
 
-def _chunk_loss_grad(umap, stages, X_noisy, X_clean, rows):
+def _chunk_loss_grad(umap, stages, X_noisy, X_clean, loss_weights, rows):
     X = X_noisy[rows]
     X_hat, tapes = umap.forward(stages, X, record=True)
-    g = X_hat - X_clean[rows]
+    residual = X_hat - X_clean[rows]
+    g = residual if loss_weights is None else residual * loss_weights
     n_total = len(X_noisy)
-    loss = 0.5 * float(np.vdot(g, g)) / n_total
+    loss = 0.5 * float(np.vdot(g, residual)) / n_total
     g /= n_total
     return loss, umap.backward(stages, X, tapes, g)
 

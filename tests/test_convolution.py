@@ -170,6 +170,32 @@ def test_gradient_accelerated_schedule(unroll):
     )
 
 
+def test_border_scores_only_the_returned_pixels():
+    """``border`` = the padding: the loss of :func:`denoise_images`' output."""
+    K, noisy, clean, rng = _problem(seed=4, shape=(3, 10, 9))
+    umap = _map(6, "ergodic", "huber", huber_eps=0.1)
+    out = denoise_images(umap, {"K": K}, noisy, pad=False)[:, 2:-2, 2:-2]
+    expected = 0.5 * np.sum((out - clean[:, 2:-2, 2:-2]) ** 2) / len(noisy)
+    loss, grads = images_loss_grad(umap, {"K": K}, noisy, clean, border=2)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert loss < images_loss_grad(umap, {"K": K}, noisy, clean)[0]
+    _check_gradient(
+        lambda K: images_loss_grad(umap, {"K": K}, noisy, clean, border=2),
+        K,
+        rng,
+        rel=1e-6,
+    )
+
+
+def test_loss_weights_are_checked():
+    K, noisy, clean, _ = _problem()
+    X, Y = noisy.reshape(3, -1), clean.reshape(3, -1)
+    umap = on_images(_map(2), noisy.shape[1:], 3)
+    for bad in (np.ones(5), -np.ones(X.shape[1])):
+        with pytest.raises(ValueError, match="loss_weights"):
+            umap.loss_grad({"K": K}, X, Y, loss_weights=bad)
+
+
 def test_parallel_chunks_match_serial():
     K, noisy, clean, _ = _problem(shape=(5, 8, 8))
     umap = _map(5)
