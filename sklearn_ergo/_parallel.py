@@ -62,7 +62,7 @@ def chunk_slices(
     budget=TAPE_BYTES,
     sample_size,
 ):
-    """Even slices of the rows: at least one per job, each within a byte budget.
+    """Even slices of the rows: a multiple of the jobs, each within a byte budget.
 
     ``bytes_per_sample`` is the memory a chunk holds per row; chunks get
     ``budget / bytes_per_sample`` rows, but at least enough rows of
@@ -74,7 +74,11 @@ def chunk_slices(
     if chunk_size is None:
         fewest = -(-_MIN_CHUNK_VALUES // sample_size)
         chunk_size = max(fewest, budget // max(bytes_per_sample, 1))
-    n_chunks = max(-(-n_samples // chunk_size), min(workers(n_jobs)[0], n_samples))
+    n_workers = workers(n_jobs)[0]
+    n_chunks = max(-(-n_samples // chunk_size), min(n_workers, n_samples))
+    # A multiple of the workers, so that none waits for the others' last
+    # chunk: 7 chunks on 2 workers take as long as 8.
+    n_chunks = min(-(-n_chunks // n_workers) * n_workers, n_samples)
     return list(gen_even_slices(n_samples, n_chunks))
 
 

@@ -180,6 +180,10 @@ def test_default_chunks_bound_the_tape():
     sizes = [s.stop - s.start for s in slices]
     assert sum(sizes) == 100_000
     assert max(sizes) * per_sample <= TAPE_BYTES
+    # 7 chunks by the budget become 8: no job waits for another's last one.
+    f32_sample = (n_layers + 1) * (n + n) * 4
+    assert -(-4096 // (TAPE_BYTES // f32_sample)) == 7
+    assert len(chunk_slices(4096, f32_sample, n_jobs=2, sample_size=n)) == 8
     assert len(chunk_slices(10, per_sample, n_jobs=2, sample_size=n)) == 2
     assert chunk_slices(0, per_sample, n_jobs=2, sample_size=n) == []
     # Whole images have large products on their own: one image per chunk
