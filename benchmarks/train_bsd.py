@@ -71,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--patch-size", type=int, default=7)
     parser.add_argument("--n-stages", type=int, default=2)
     parser.add_argument("--n-layers", type=int, default=20)
+    parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1000)
@@ -109,6 +110,7 @@ def main(argv=None):
         args.patch_size,
         args.n_layers,
         args.n_stages,
+        unroll=args.unroll,
         per_stage=args.per_stage,
         init=embedded_filters(args.init, args.n_filters, args.patch_size, args.seed),
         n_jobs=args.n_jobs,

@@ -110,9 +110,11 @@ class ImageModel:
 
     ``params = {"K": ([S,] n_filters, p * p), "eps": ([S,] n_filters)}``: the
     parameters of ``ImageDenoiser(penalty="log", ...)._map()``, with a
-    leading stage axis ``S = n_stages`` when ``per_stage``.  ``init`` filters
-    (shape ``(n_filters, p * p)``), e.g. those of a smaller trained model
-    embedded in larger supports, replace the TV start.
+    leading stage axis ``S = n_stages`` when ``per_stage``; ``unroll`` is the
+    output of each stage (``"last"`` iterate or ``"ergodic"`` average).
+    ``init`` filters (shape ``(n_filters, p * p)``), e.g. those of a smaller
+    trained model embedded in larger supports, replace the TV start.  The
+    loss is over the crops' own pixels, not their padding.
     """
 
     positive = ("eps",)
@@ -124,6 +126,7 @@ class ImageModel:
         n_layers=20,
         n_stages=2,
         *,
+        unroll="last",
         per_stage=False,
         init=None,
         n_jobs=None,
@@ -132,6 +135,7 @@ class ImageModel:
             n_filters=n_filters,
             patch_size=patch_size,
             n_layers=n_layers,
+            unroll=unroll,
             penalty="log",
             n_stages=n_stages,
             per_stage=per_stage,
@@ -151,6 +155,7 @@ class ImageModel:
             "patch_size": den.patch_size,
             "n_layers": den.n_layers,
             "n_stages": den.n_stages,
+            "unroll": den.unroll,
             "per_stage": den.per_stage,
             "init": init,
         }
