@@ -45,6 +45,16 @@ def _sigma(text):
     return value
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -110,6 +120,15 @@ def _add_denoise(sub):
         default=None,
         help="noise standard deviation in 8-bit units (0-255) whatever the bit "
         "depth, e.g. 25 (25 x 257 in a 16-bit file); default: estimated per image",
+    )
+    den.add_argument(
+        "--data-range",
+        type=_positive_float,
+        default=None,
+        help="range of the images' values, to which --sigma and the printed "
+        "levels are relative, e.g. 4095 for 12-bit data in 16-bit files "
+        "(default: the file's: 255 for 8-bit, 65535 for 16-bit, 1 for floats "
+        "in [0, 1])",
     )
     den.add_argument(
         "--model", help="a model .npz from 'train' (default: the shipped operators)"
@@ -231,7 +250,7 @@ def _jobs(args):
     return [(p, output / p.name) for p in inputs]
 
 
-def _denoise_file(source, target, sigma, model_path, overwrite):
+def _denoise_file(source, target, sigma, model_path, overwrite, data_range=None):
     """Denoise one file; returns (sigma in 8-bit units or None, error or None)."""
     from ._image_data import as_planes
     from ._model_io import load_denoiser
@@ -243,14 +262,19 @@ def _denoise_file(source, target, sigma, model_path, overwrite):
             raise CommandError(f"{str(target)!r} exists (use --overwrite)")
         image = read_image(source)
         axis = channel_axis_of(image)
-        data_range = as_planes(image, axis).data_range()
+        if data_range is None:
+            data_range = as_planes(image, axis).data_range()
         if sigma is None:
             level = estimate_sigma(image, channel_axis=axis) * 255 / data_range
         else:
             level = sigma
         units = level * data_range / 255
         if model_path is None:
-            out = denoise_image(image, units, channel_axis=axis) if level else image
+            out = (
+                denoise_image(image, units, channel_axis=axis, data_range=data_range)
+                if level
+                else image
+            )
         else:
             model = load_denoiser(model_path)
             out = model.denoise(image, units, channel_axis=axis) if level else image
@@ -275,7 +299,7 @@ def _denoise(args):
     def run(source, target):
         start = time.perf_counter()
         level, error = _denoise_file(
-            source, target, args.sigma, args.model, args.overwrite
+            source, target, args.sigma, args.model, args.overwrite, args.data_range
         )
         return source, target, level, error, time.perf_counter() - start
 

@@ -95,6 +95,27 @@ def test_16_bit_stays_16_bit(tmp_path, suffix):
     )
 
 
+def test_data_range_for_12_bit_data_in_16_bit_files(tmp_path, capsys):
+    clean, image = noisy_image(6, scale=4095, dtype=np.uint16)
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    write_image(src, image)
+    argv = ["denoise", str(src), "-o", str(dst), "--sigma", "25"]
+    assert main([*argv, "--data-range", "4095"]) == 0
+    out = read_image(dst)
+    expected = denoise_image(image, 25 * 4095 / 255, data_range=4095)
+    np.testing.assert_array_equal(out, expected)
+    assert np.mean((out / 4095 - clean) ** 2) < np.mean((image / 4095 - clean) ** 2) / 4
+    # Blind: the printed level is in 8-bit units of the given range.
+    assert main(["denoise", str(src), "-o", str(dst), "--overwrite"]) == 0
+    assert main([*argv[:4], "--overwrite", "--data-range", "4095"]) == 0
+    levels = [
+        float(line.split("sigma ")[1].split()[0])
+        for line in capsys.readouterr().out.splitlines()
+    ]
+    assert levels[1] < 2 and abs(levels[2] - SIGMA) < 0.2 * SIGMA
+    assert main([*argv, "--data-range", "0"]) == 2
+
+
 def test_rgba_keeps_alpha(tmp_path):
     _, rgb = noisy_image(6, channels=3)
     alpha = np.random.default_rng(7).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
