@@ -10,7 +10,7 @@ the same recursion; layer ``l`` (1-based) uses ``sigma[l-1]``, ``tau[l-1]``,
 
 import numpy as np
 
-from ._operators import blas
+from ._operators import blas, scratch
 from ._penalties import SquaredL2
 
 _G = SquaredL2()
@@ -286,19 +286,13 @@ class _Fused:
     def __getattr__(self, name):
         return getattr(self.op, name)
 
-    def _buffer(self, out):
-        key = (out.shape, out.dtype)
-        if key not in self._scratch:
-            self._scratch[key] = np.empty_like(out)
-        return self._scratch[key]
-
     def _product(self, method, A, out, alpha, beta):
         if beta == 0.0:
             method(A, out=out)
             if alpha != 1.0:
                 out *= alpha
             return
-        value = method(A, out=self._buffer(out))
+        value = method(A, out=scratch(self._scratch, out))
         value *= alpha
         if beta != 1.0:
             out *= beta

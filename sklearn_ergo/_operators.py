@@ -21,6 +21,17 @@ import numpy as np
 from scipy.linalg.blas import get_blas_funcs
 
 
+def scratch(cache, like, *key):
+    """Scratch array like ``like`` from the dict ``cache``: one per key, shape, dtype.
+
+    Every layer's products reuse it instead of allocating their own.
+    """
+    key = (*key, like.shape, like.dtype)
+    if key not in cache:
+        cache[key] = np.empty_like(like)
+    return cache[key]
+
+
 class DenseOperator:
     """``K`` of shape ``(m, n)`` acting on row-stacked samples ``X @ K.T``.
 
@@ -103,11 +114,7 @@ class DenseOperator:
 
     def _buffer(self, name, like):
         """Scratch array shaped like ``like``, kept by this operator."""
-        key = (name, like.shape, like.dtype)
-        scratch = self.__dict__.setdefault("_scratch", {})
-        if key not in scratch:
-            scratch[key] = np.empty_like(like)
-        return scratch[key]
+        return scratch(self.__dict__.setdefault("_scratch", {}), like, name)
 
     def norm_and_grad(self):
         """Spectral norm ``||K||_2`` and its gradient ``u v^T`` (top singular pair).
