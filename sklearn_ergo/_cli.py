@@ -158,7 +158,10 @@ def _add_train(sub):
         "training images, resumable from a checkpoint (log penalty).",
     )
     tr.add_argument("images", nargs="*", help="clean training image files")
-    tr.add_argument("--data", help="folder of clean training images (8-bit gray)")
+    tr.add_argument(
+        "--data",
+        help="folder of clean training images (8- or 16-bit; colour is made gray)",
+    )
     tr.add_argument("--sigma", type=_sigma, required=True, help="noise level (0-255)")
     tr.add_argument("-o", "--output", required=True, help="model file (.npz)")
     tr.add_argument("--n-filters", type=_positive_int, default=16)

@@ -11,18 +11,25 @@ import numpy as np
 from sklearn.feature_extraction.image import extract_patches_2d
 from sklearn.utils import check_random_state
 
+from ._image_io import ImageFileError, pillow, read_image
+
 #: File name endings read by :func:`load_image_folder` (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# ITU-R BT.601 luma, as in skimage.color.rgb2gray and Pillow's "L" mode.
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def load_image_folder(path):
     """The images of a folder as gray float64 arrays in ``[0, 1]``, sorted by name.
 
-    Every file whose name ends in one of :data:`IMAGE_SUFFIXES` is read with
-    Pillow; 8-bit gray images are divided by 255, colour images are first
-    converted to gray by Pillow's ITU-R 601-2 luma (``L`` mode).  Other files
-    (a ``README``, hidden files) are ignored.  This is how the standard gray
-    denoising sets (Train400, Set12, BSD68) are read.
+    Every file whose name ends in one of :data:`IMAGE_SUFFIXES` is read at its
+    own bit depth (as the ``denoise`` command reads it) and divided by its
+    dtype's maximum: 255 for 8-bit files, 65535 for 16-bit ones; float TIFFs
+    must already lie in ``[0, 1]``.  Colour images become gray by the ITU-R
+    601-2 luma ``0.299 R + 0.587 G + 0.114 B``; an alpha channel is dropped.
+    Other files (a ``README``, hidden files) are ignored.  This is how the
+    standard gray denoising sets (Train400, Set12, BSD68) are read.
 
     Parameters
     ----------
@@ -39,8 +46,9 @@ def load_image_folder(path):
     FileNotFoundError
         If ``path`` is not an existing folder.
     ValueError
-        If the folder holds no image file, or a file cannot be read as an
-        8-bit image (the message names the file).
+        If the folder holds no image file, or a file cannot be read or has
+        no ``[0, 1]`` scale (wider integers, floats outside it); the message
+        names the file.
     ImportError
         If Pillow is not installed.
 
@@ -58,8 +66,8 @@ def load_image_folder(path):
     [((4, 6), 0.2), ((4, 6), 1.0)]
     """
     try:
-        from PIL import Image
-    except ImportError as exc:
+        pillow()
+    except ImageFileError as exc:
         raise ImportError(
             'load_image_folder needs Pillow: pip install "sklearn-ergo[image]"'
         ) from exc
@@ -78,18 +86,25 @@ def load_image_folder(path):
             f"{str(folder)!r} holds no image file (names ending in "
             f"{', '.join(IMAGE_SUFFIXES)})."
         )
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK"):
-                    # 16-bit and float images have no agreed 8-bit scale.
-                    raise ValueError(f"mode {img.mode!r} is not an 8-bit image")
-                gray = np.asarray(img.convert("L"), dtype=np.float64)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image {str(f)!r}: {exc}") from exc
-        images.append(gray / 255.0)
-    return images
+    return [_gray_unit(read_image(f), f) for f in files]
+
+
+def _gray_unit(image, name):
+    """An image of :func:`read_image` as gray float64 in ``[0, 1]``."""
+    if image.dtype in (np.uint8, np.uint16):
+        scaled = image / float(np.iinfo(image.dtype).max)
+    elif image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1:
+        scaled = image.astype(np.float64)
+    else:
+        raise ValueError(
+            f"cannot read image {str(name)!r}: {image.dtype} values in "
+            f"[{image.min()}, {image.max()}] have no [0, 1] scale"
+        )
+    if scaled.ndim == 2:
+        return scaled
+    if scaled.shape[2] == 2:  # gray + alpha
+        return scaled[..., 0]
+    return scaled[..., :3] @ _LUMA
 
 
 def load_gray_image(name="china.jpg"):
@@ -97,8 +112,7 @@ def load_gray_image(name="china.jpg"):
     from sklearn.datasets import load_sample_image
 
     rgb = load_sample_image(name).astype(np.float64) / 255.0
-    # ITU-R BT.601 luma, as in skimage.color.rgb2gray.
-    return rgb @ np.array([0.299, 0.587, 0.114])
+    return rgb @ _LUMA
 
 
 def make_noisy_patches(

@@ -39,8 +39,8 @@ def test_folder_sorted_gray_in_unit_range(tmp_path):
     assert all(im.dtype == np.float64 for im in images)
     np.testing.assert_array_equal(images[0], np.arange(12).reshape(3, 4) / 255)
     np.testing.assert_array_equal(images[1], 1.0)
-    # Pillow's luma of pure red 200: 200 * 299 / 1000 = 59.8 -> 60 (JPEG +-1).
-    assert np.all(np.abs(images[2] * 255 - 60) <= 1)
+    # The luma of pure red 200: 0.299 * 200 = 59.8 (JPEG +-1).
+    assert np.all(np.abs(images[2] * 255 - 59.8) <= 1)
 
 
 def test_folder_errors(tmp_path):
@@ -53,9 +53,23 @@ def test_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="bad.png"):
         load_image_folder(tmp_path)
     (tmp_path / "bad.png").unlink()
-    Image.fromarray(np.full((3, 3), 40000, np.uint16)).save(tmp_path / "deep.png")
-    with pytest.raises(ValueError, match="deep.png.*not an 8-bit image"):
+    Image.fromarray(np.full((3, 3), 2.5, np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(ValueError, match="hdr.tif.*no \\[0, 1\\] scale"):
         load_image_folder(tmp_path)
+
+
+def test_folder_of_16_bit_and_float_images(tmp_path):
+    """Read at their own depth, as the denoise command reads them."""
+    deep = np.arange(40000, 40012, dtype=np.uint16).reshape(3, 4)
+    Image.fromarray(deep).save(tmp_path / "a.png")
+    unit = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(unit).save(tmp_path / "b.tif")
+    gray_alpha = np.stack([np.full((3, 4), 51, np.uint8), np.zeros((3, 4), np.uint8)])
+    Image.fromarray(np.moveaxis(gray_alpha, 0, -1), mode="LA").save(tmp_path / "c.png")
+    images = load_image_folder(tmp_path)
+    np.testing.assert_array_equal(images[0], deep / 65535)
+    np.testing.assert_array_equal(images[1], unit.astype(np.float64))
+    np.testing.assert_array_equal(images[2], 0.2)
 
 
 # -- augmentation --------------------------------------------------------------
