@@ -33,11 +33,15 @@ class CommandError(Exception):
     """A user error, reported as one line on stderr."""
 
 
-def _sigma(text):
+def _number(text):
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _sigma(text):
+    value = _number(text)
     if not (np.isfinite(value) and 0 < value <= 255):
         raise argparse.ArgumentTypeError(
             f"sigma must be in (0, 255] (8-bit units), got {text}"
@@ -46,10 +50,7 @@ def _sigma(text):
 
 
 def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not (np.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
