@@ -18,6 +18,11 @@ Writes into ``--out DIR``:
 - ``model.npz``: the parameters of the best validation PSNR, readable by
   ``sklearn_ergo.load_denoiser`` and ``denoise --model``.
 
+``--start MODEL`` fine-tunes a trained model file at another ``--sigma``:
+its settings and parameters, the images scaled so that their noise has the
+model's level (as ``denoise`` applies it), so that step 0 is the model as
+it is used at ``--sigma``.
+
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25 \
         --resume
@@ -61,6 +66,21 @@ def embedded_filters(path, n_filters, patch_size, seed):
     return np.vstack([D, extra])
 
 
+def fine_tuned(den, noise_std, n_jobs):
+    """An :class:`ImageModel` that starts as the trained ``den`` at ``noise_std``."""
+    return ImageModel(
+        den.n_filters,
+        den.patch_size,
+        den.n_layers,
+        den.n_stages,
+        unroll=den.unroll,
+        per_stage=den.per_stage,
+        start={"K": den.components_, "eps": den.eps_},
+        scale=den.noise_std_ / noise_std,
+        n_jobs=n_jobs,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="has train400/ and set12/")
@@ -92,6 +112,11 @@ def main(argv=None):
         help="a model file whose filters (embedded in the centre of the larger "
         "support, plus small random ones) replace the TV start",
     )
+    parser.add_argument(
+        "--start",
+        help="a model file to fine-tune at --sigma: its settings and parameters "
+        "replace those above",
+    )
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -105,16 +130,23 @@ def main(argv=None):
     data = pathlib.Path(args.data)
     train_images = load_image_folder(data / "train400")
     val_images = load_image_folder(data / "set12")
-    model = ImageModel(
-        args.n_filters,
-        args.patch_size,
-        args.n_layers,
-        args.n_stages,
-        unroll=args.unroll,
-        per_stage=args.per_stage,
-        init=embedded_filters(args.init, args.n_filters, args.patch_size, args.seed),
-        n_jobs=args.n_jobs,
-    )
+    if args.start is not None:
+        if args.init is not None:
+            raise SystemExit("Pass --init or --start, not both.")
+        model = fine_tuned(load_denoiser(args.start), args.sigma / 255.0, args.n_jobs)
+    else:
+        model = ImageModel(
+            args.n_filters,
+            args.patch_size,
+            args.n_layers,
+            args.n_stages,
+            unroll=args.unroll,
+            per_stage=args.per_stage,
+            init=embedded_filters(
+                args.init, args.n_filters, args.patch_size, args.seed
+            ),
+            n_jobs=args.n_jobs,
+        )
     with open(out / "train.log", "a") as log_file:
 
         def log(line):

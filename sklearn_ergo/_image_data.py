@@ -96,8 +96,7 @@ class Planes:
         elif self.kind == "gray":
             x = x[None]
         z = a * x
-        medians = np.median(z, axis=(1, 2))
-        shift = (np.clip(medians, 0.0, 1.0) - medians)[:, None, None]
+        shift = median_shift(z)
         out = (denoise_gray(z + shift) - shift) / a
         if colour:
             out = np.moveaxis(out, 0, 2)
@@ -130,6 +129,16 @@ class Planes:
                 alpha[self.channel_axis] = -1
                 out[tuple(alpha)] = np.asarray(original)[tuple(alpha)]
         return out
+
+
+def median_shift(z):
+    """Per image of a stack ``(n, H, W)``, what moves its median into ``[0, 1]``.
+
+    The training images lie in ``[0, 1]``; a model sees an image ``z`` as
+    ``z + b``, ``b`` of shape ``(n, 1, 1)``, 0 where the median already lies there.
+    """
+    medians = np.median(z, axis=(-2, -1), keepdims=True)
+    return (np.clip(medians, 0.0, 1.0) - medians).astype(z.dtype, copy=False)
 
 
 def as_planes(image, channel_axis=None, name="image"):

@@ -42,6 +42,7 @@ import sklearn.base
 
 from . import datasets
 from ._convolutional import denoise_images, images_loss_grad
+from ._image_data import median_shift
 from ._image_denoiser import ImageDenoiser
 from ._model_io import save_denoiser
 from ._optim import Adam, ParameterVector
@@ -115,6 +116,15 @@ class ImageModel:
     ``init`` filters (shape ``(n_filters, p * p)``), e.g. those of a smaller
     trained model embedded in larger supports, replace the TV start.  The
     loss is over the crops' own pixels, not their padding.
+
+    ``start`` (a dict of ``params`` of these settings, e.g. a trained
+    model's) replaces the tuned start altogether, and with ``scale`` the
+    model sees every image as :meth:`ImageDenoiser.denoise` gives it to a
+    model of another noise level: ``z = scale * x + b``, ``b`` moving the
+    median of ``scale * x`` into ``[0, 1]``; the output is ``(D(z) - b) /
+    scale``.  A model trained at ``sigma0`` thus starts at ``sigma`` (with
+    ``scale = sigma0 / sigma``) exactly as ``denoise`` applies it there, and
+    is saved with ``noise_std_ = sigma0``.  The loss is in the images' units.
     """
 
     positive = ("eps",)
@@ -129,8 +139,20 @@ class ImageModel:
         unroll="last",
         per_stage=False,
         init=None,
+        start=None,
+        scale=1.0,
         n_jobs=None,
     ):
+        if start is not None and init is not None:
+            raise ValueError("Pass init (filters) or start (parameters), not both.")
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}.")
+        self.start = (
+            None
+            if start is None
+            else {k: np.asarray(v, dtype=np.float64) for k, v in start.items()}
+        )
+        self.scale = float(scale)
         self.denoiser = ImageDenoiser(
             n_filters=n_filters,
             patch_size=patch_size,
@@ -148,7 +170,10 @@ class ImageModel:
         den = self.denoiser
         init = "tv"
         if not isinstance(den.init, str):  # identified by a digest of its values
-            init = hashlib.sha256(den.init.tobytes()).hexdigest()[:16]
+            init = _digest(den.init)
+        start = None
+        if self.start is not None:
+            start = _digest(*(self.start[k] for k in sorted(self.start)))
         return {
             "model": "convolutional-log",
             "n_filters": den.n_filters,
@@ -158,40 +183,65 @@ class ImageModel:
             "unroll": den.unroll,
             "per_stage": den.per_stage,
             "init": init,
+            "start": start,
+            "scale": self.scale,
         }
 
     def loss_grad(self, params, noisy, clean):
-        den = self.denoiser
-        return images_loss_grad(
-            den._map(), params, noisy, clean, border=self.pad, n_jobs=den.n_jobs
+        den, a = self.denoiser, self.scale
+        # At scale 1 the images are the training images themselves, in [0, 1].
+        shift = median_shift(a * noisy) if a != 1.0 else 0.0
+        loss, grads = images_loss_grad(
+            den._map(),
+            params,
+            a * noisy + shift,
+            a * clean + shift,
+            border=self.pad,
+            n_jobs=den.n_jobs,
         )
+        return loss / a**2, {k: g / a**2 for k, g in grads.items()}
 
     def denoise(self, params, images, pad=True):
-        den = self.denoiser
-        return denoise_images(den._map(), params, images, pad=pad, n_jobs=den.n_jobs)
+        den, a = self.denoiser, self.scale
+        shift = median_shift(a * images) if a != 1.0 else 0.0
+        z = a * images + shift
+        out = denoise_images(den._map(), params, z, pad=pad, n_jobs=den.n_jobs)
+        return (out - shift) / a
 
     def initial_params(self, clean, noisy, rng):
-        """The tuned start of :meth:`ImageDenoiser.fit` on the padded batch.
+        """``start``, or the tuned start of :meth:`ImageDenoiser.fit` on the batch.
 
         ``K = w D`` and ``eps = w e rms`` (``rms``: each filter's response on
         the clean crops), ``(log w, log e)`` minimising the batch's loss; with
         ``per_stage`` every stage starts there.
         """
+        if self.start is not None:
+            return {k: v.copy() for k, v in self.start.items()}
         den = self.denoiser
         den.noise_std_ = float(np.std(noisy - clean))
         return den._start(den._map(), noisy, clean, rng)[0]
+
+
+def _digest(*arrays):
+    """A short digest of arrays' values: identifies them in a checkpoint."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_model(model, params, noise_std, path):
     """Save trained :class:`ImageModel` parameters as a model file.
 
     The file of :func:`sklearn_ergo.save_denoiser` (``load_denoiser`` and
-    ``denoise --model`` read it).
+    ``denoise --model`` read it); ``noise_std`` is the training level, the
+    file's ``noise_std_`` is ``noise_std * model.scale``, the level the model
+    sees.
     """
     den = sklearn.base.clone(model.denoiser)
     den.components_ = np.asarray(params["K"], dtype=np.float64)
     den.eps_ = np.asarray(params["eps"], dtype=np.float64)
-    den.noise_std_ = float(noise_std)
+    den.noise_std_ = float(noise_std) * model.scale
     save_denoiser(den, path)
 
 
