@@ -276,6 +276,62 @@ def test_saved_model_denoises_like_the_trained_parameters(tmp_path):
     )
 
 
+def test_fine_tuning_starts_as_denoise_applies_the_model_elsewhere(tmp_path):
+    """``start`` + ``scale``: step 0 is the trained model as used at another level."""
+    model = tiny_model()
+    trained = it.train(model, TRAIN, VAL, log=quiet, **KW).best_params
+    it.save_model(model, trained, 25 / 255, tmp_path / "m25.npz")
+    den = load_denoiser(tmp_path / "m25.npz")
+    # Some images darker than 0 after scaling: the median shift is exercised.
+    images = [VAL[0], VAL[0] - 0.6]
+    start = {"K": den.components_, "eps": den.eps_}
+    tuned = it.ImageModel(
+        n_filters=3, patch_size=3, n_layers=3, n_stages=2, start=start, scale=25 / 15
+    )
+    for x in images:
+        noisy = it.benchmark_noise([x], 15 / 255)[0]
+        np.testing.assert_allclose(
+            tuned.denoise(start, noisy[None])[0],
+            den.denoise(noisy, sigma=15 / 255),
+            atol=1e-5,
+        )
+    result = it.train(tuned, TRAIN, VAL, log=quiet, **{**KW, "noise_std": 15 / 255})
+    noisy = it.benchmark_noise(VAL, 15 / 255)[0]
+    expected = it.psnr(den.denoise(noisy, sigma=15 / 255), VAL[0])
+    assert result.history[0, 2] == pytest.approx(expected, abs=1e-4)
+    it.save_model(tuned, result.params, 15 / 255, tmp_path / "m15.npz")
+    assert load_denoiser(tmp_path / "m15.npz").noise_std_ == pytest.approx(25 / 255)
+
+
+def test_scaled_loss_is_the_loss_of_the_output_in_image_units():
+    start = {"K": 0.3 * np.eye(3, 9, 1) - 0.1 * np.eye(3, 9), "eps": np.full(3, 0.05)}
+    model = it.ImageModel(
+        n_filters=3, patch_size=3, n_layers=3, n_stages=2, start=start, scale=2.5
+    )
+    rng = np.random.default_rng(0)
+    clean = np.stack(TRAIN)[:, :8, :8] - 0.5  # medians below 0: shifted
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    loss, grads = model.loss_grad(start, noisy, clean)
+    out = model.denoise(start, noisy, pad=False)[:, 2:-2, 2:-2]
+    expected = 0.5 * np.sum((out - clean[:, 2:-2, 2:-2]) ** 2) / len(noisy)
+    assert loss == pytest.approx(expected, rel=1e-10)
+    d = rng.standard_normal(start["K"].shape)
+    h = 1e-6
+    fd = (
+        model.loss_grad({**start, "K": start["K"] + h * d}, noisy, clean)[0]
+        - model.loss_grad({**start, "K": start["K"] - h * d}, noisy, clean)[0]
+    ) / (2 * h)
+    assert np.sum(grads["K"] * d) == pytest.approx(fd, rel=1e-6)
+
+
+def test_image_model_errors():
+    with pytest.raises(ValueError, match="not both"):
+        it.ImageModel(init=np.zeros((48, 49)), start={"K": np.zeros((48, 49))})
+    for bad in (0.0, -1.0, np.inf):
+        with pytest.raises(ValueError, match="scale"):
+            it.ImageModel(scale=bad)
+
+
 # -- command line ------------------------------------------------------------------
 def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     data = tmp_path / "data"
