@@ -108,10 +108,6 @@ class OldConvolution:
     def norm_and_grad(self):
         return symbol_norm_bound(self.weights, self.patch_size)
 
-    # Not timed: the per-filter bookkeeping today's driver asks every operator for.
-    expand_rows = ConvolutionalOperator.expand_rows
-    sum_rows = ConvolutionalOperator.sum_rows
-
 
 def interleaved(functions, repeats):
     """Median seconds of each function, run in turn ``repeats`` times."""

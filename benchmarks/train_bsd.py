@@ -21,7 +21,8 @@ Writes into ``--out DIR``:
 ``--start MODEL`` fine-tunes a trained model file at another ``--sigma``:
 its settings and parameters, the images scaled so that their noise has the
 model's level (as ``denoise`` applies it), so that step 0 is the model as
-it is used at ``--sigma``.
+it is used at ``--sigma``.  With ``--penalty shaped_log`` a log-penalty
+model starts with the log shape (the same model) and learns its shape.
 
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25 \
@@ -39,6 +40,7 @@ import numpy as np
 from sklearn_ergo import load_denoiser
 from sklearn_ergo._image_training import ImageModel, save_model, train
 from sklearn_ergo._init import zero_mean_random_rows
+from sklearn_ergo._penalties import make_penalty
 from sklearn_ergo.datasets import load_image_folder
 
 
@@ -66,16 +68,28 @@ def embedded_filters(path, n_filters, patch_size, seed):
     return np.vstack([D, extra])
 
 
-def fine_tuned(den, noise_std, n_jobs):
-    """An :class:`ImageModel` that starts as the trained ``den`` at ``noise_std``."""
+def fine_tuned(den, noise_std, penalty, n_jobs):
+    """An :class:`ImageModel` that starts as the trained ``den`` at ``noise_std``.
+
+    Parameters of ``penalty`` that ``den`` lacks (the shape of
+    ``"shaped_log"`` for a ``"log"`` model) start where ``den`` is the model.
+    """
+    start = {"K": den.components_}
+    penalty_object = make_penalty(penalty)
+    for name in penalty_object.param_names:
+        value = getattr(den, f"{name}_", None)
+        if value is None:
+            value = penalty_object.initial_param(name, den.eps_.shape)
+        start[name] = value
     return ImageModel(
         den.n_filters,
         den.patch_size,
         den.n_layers,
         den.n_stages,
         unroll=den.unroll,
+        penalty=penalty,
         per_stage=den.per_stage,
-        start={"K": den.components_, "eps": den.eps_},
+        start=start,
         scale=den.noise_std_ / noise_std,
         n_jobs=n_jobs,
     )
@@ -92,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--n-stages", type=int, default=2)
     parser.add_argument("--n-layers", type=int, default=20)
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
+    parser.add_argument("--penalty", choices=["log", "shaped_log"], default="log")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1000)
@@ -133,7 +148,8 @@ def main(argv=None):
     if args.start is not None:
         if args.init is not None:
             raise SystemExit("Pass --init or --start, not both.")
-        model = fine_tuned(load_denoiser(args.start), args.sigma / 255.0, args.n_jobs)
+        den = load_denoiser(args.start)
+        model = fine_tuned(den, args.sigma / 255.0, args.penalty, args.n_jobs)
     else:
         model = ImageModel(
             args.n_filters,
@@ -141,6 +157,7 @@ def main(argv=None):
             args.n_layers,
             args.n_stages,
             unroll=args.unroll,
+            penalty=args.penalty,
             per_stage=args.per_stage,
             init=embedded_filters(
                 args.init, args.n_filters, args.patch_size, args.seed

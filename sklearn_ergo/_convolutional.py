@@ -307,15 +307,6 @@ class ConvolutionalOperator:
         if target is not out:
             out[...] = target
 
-    def expand_rows(self, values):
-        """Per-filter values (shape ``(n_filters,)``) spread over a dual row."""
-        # Dual rows are position-major: one n_filters-vector per position.
-        return np.tile(values, self.n_positions)
-
-    def sum_rows(self, Z):
-        """Sum a stack of dual rows ``(N, n_dual)`` per filter: ``(n_filters,)``."""
-        return Z.reshape(-1, self.n_filters).sum(axis=0)
-
     def norm_and_grad(self):
         """Certified upper bound of ``||𝒦||_2`` and its gradient in ``K``.
 

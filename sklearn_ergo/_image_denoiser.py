@@ -113,15 +113,17 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     n_layers : int, default=30
         Unrolled iterations.
     unroll : {"last", "ergodic"}, default="last"
-    penalty : {"l1", "huber", "log"}, default="l1"
+    penalty : {"l1", "huber", "log", "shaped_log"}, default="l1"
         ``F``: the l1 norm, its Huber smoothing, or (convolutional only) the
         non-convex ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned
         scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
         stages of ``n_layers`` iterations each (``docs/math.md``, section 6):
         it penalises large filter
-        responses (edges) less than small ones (noise).  The shipped
-        operators start it from the filters of a trained l1 model (``init``;
-        ``benchmarks/train_pretrained.py``).
+        responses (edges) less than small ones (noise).  ``"shaped_log"``
+        also learns the shape of each filter's concave penalty (``shape_``;
+        ``docs/math.md``, section 6), starting from the log penalty.  The
+        shipped operators start it from the filters of a trained l1 model
+        (``init``; ``benchmarks/train_pretrained.py``).
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"
         Initial filters (convolutional): anisotropic TV plus small zero-mean
@@ -129,13 +131,13 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         another penalty; their common weight (and, for ``penalty="log"``,
         the scale of ``eps``) is tuned before learning.
     n_stages : int, default=2
-        Reweighted stages of ``penalty="log"`` (``n_stages`` times the cost of
-        the l1 model); ignored otherwise.
+        Reweighted stages of ``penalty="log"`` or ``"shaped_log"``
+        (``n_stages`` times the cost of the l1 model); ignored otherwise.
     per_stage : bool, default=False
         Give every reweighted stage its own filters and scales ``eps`` (like
         the time-dependent filters of TNRD), all starting from the same
         initial model; ``components_`` and ``eps_`` then have a leading axis
-        of ``n_stages``.  Only with ``penalty="log"``.
+        of ``n_stages``.  Only with ``penalty="log"`` or ``"shaped_log"``.
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training
         images (float units, images in ``[0, 1]``).  Ignored when ``fit``
@@ -182,7 +184,11 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         PSNR (dB) on a fixed held-out draw (other noise, other crops) after
         every draw; the best operator on it is kept (convolutional).
     eps_ : ndarray of shape ([n_stages,] n_filters)
-        Learned scales of the log penalty (``penalty="log"``).
+        Learned scales of the log penalty (``penalty="log"`` or
+        ``"shaped_log"``).
+    shape_ : ndarray of shape ([n_stages,] n_filters, 8)
+        Learned shape of each filter's penalty (``penalty="shaped_log"``):
+        the log-slopes of its weight curve, 0 for the log penalty.
     init_weight_ : float
         Tuned weight of the initial operator (convolutional).
     n_iter_ : int
@@ -207,7 +213,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         "patch_size": [Interval(Integral, 2, None, closed="left"), None],
         "n_layers": [Interval(Integral, 1, None, closed="left")],
         "unroll": [StrOptions({"last", "ergodic"})],
-        "penalty": [StrOptions({"l1", "huber", "log"})],
+        "penalty": [StrOptions(set(PENALTIES))],
         "huber_eps": [Interval(Real, 0, None, closed="neither")],
         "init": [StrOptions({"tv"}), "array-like"],
         "n_stages": [Interval(Integral, 1, None, closed="left")],
@@ -416,9 +422,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
 
         X, Y = draw()
         start_params, self.init_weight_ = self._start(umap, X, Y, rng)
-        # K relative to the tuned weight, the penalty's parameters by log.
+        # K relative to the tuned weight, the penalty's positive parameters by log.
         vector = ParameterVector.from_params(
-            start_params, umap.penalty.param_names, {"K": self.init_weight_}
+            start_params, umap.penalty.positive_params, {"K": self.init_weight_}
         )
         v = vector.pack(start_params)
 
@@ -479,20 +485,29 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         """Tune the initial model on the crops ``X``, ``Y``.
 
         The weight of the whole initial operator is tuned in 1-D; a penalty
-        with parameters (one per filter, positive) starts them at the root
-        mean square response of their filter on the clean crops, so that
-        ``log(param / (weight rms))`` is of order 1 for every filter however
-        small, and tunes one common factor per parameter with the weight in a
-        simplex search from there.  Returns ``initial(u)``, the parameters at
-        ``u = (log weight, log factors...)``, and the tuned ``u``.
+        with positive parameters (one per filter, scales of its responses)
+        starts them at the root mean square response of their filter on the
+        clean crops, so that ``log(param / (weight rms))`` is of order 1 for
+        every filter however small, and tunes one common factor per parameter
+        with the weight in a simplex search from there; its other parameters
+        start where the penalty says (``initial_param``).  Returns
+        ``initial(u)``, the parameters at ``u = (log weight, log
+        factors...)``, and the tuned ``u``.
         """
-        names = umap.penalty.param_names
+        penalty = umap.penalty
+        names = penalty.positive_params
         rms = _response_rms(D, Y) if names else None
+        fixed = {
+            n: penalty.initial_param(n, (len(D),))
+            for n in penalty.param_names
+            if n not in names
+        }
 
         def initial(u):
             weight = np.exp(u[0])
             factors = dict(zip(names, np.exp(u[1:]), strict=True))
-            return {"K": weight * D} | {n: weight * f * rms for n, f in factors.items()}
+            scaled = {n: weight * f * rms for n, f in factors.items()}
+            return {"K": weight * D} | scaled | fixed
 
         def loss_at(u):
             return _crop_loss(umap, initial(u), X, Y, self.n_jobs)

@@ -107,10 +107,11 @@ def psnr(output, clean):
 
 # -- the model ------------------------------------------------------------------
 class ImageModel:
-    """The log-penalty convolutional :class:`ImageDenoiser`, for :func:`train`.
+    """The reweighted convolutional :class:`ImageDenoiser`, for :func:`train`.
 
-    ``params = {"K": ([S,] n_filters, p * p), "eps": ([S,] n_filters)}``: the
-    parameters of ``ImageDenoiser(penalty="log", ...)._map()``, with a
+    ``params = {"K": ([S,] n_filters, p * p), "eps": ([S,] n_filters)}`` (and
+    ``"shape": ([S,] n_filters, 8)`` for ``penalty="shaped_log"``): the
+    parameters of ``ImageDenoiser(penalty=penalty, ...)._map()``, with a
     leading stage axis ``S = n_stages`` when ``per_stage``; ``unroll`` is the
     output of each stage (``"last"`` iterate or ``"ergodic"`` average).
     ``init`` filters (shape ``(n_filters, p * p)``), e.g. those of a smaller
@@ -127,8 +128,6 @@ class ImageModel:
     is saved with ``noise_std_ = sigma0``.  The loss is in the images' units.
     """
 
-    positive = ("eps",)
-
     def __init__(
         self,
         n_filters=48,
@@ -137,6 +136,7 @@ class ImageModel:
         n_stages=2,
         *,
         unroll="last",
+        penalty="log",
         per_stage=False,
         init=None,
         start=None,
@@ -158,13 +158,17 @@ class ImageModel:
             patch_size=patch_size,
             n_layers=n_layers,
             unroll=unroll,
-            penalty="log",
+            penalty=penalty,
             n_stages=n_stages,
             per_stage=per_stage,
             init="tv" if init is None else np.asarray(init, dtype=np.float64),
             n_jobs=n_jobs,
         )
         self.pad = patch_size - 1
+        umap = self.denoiser._map()
+        if not umap.penalty.reweighted:
+            raise ValueError(f"penalty must be reweighted, got {penalty!r}.")
+        self.positive = umap.penalty.positive_params
 
     def settings(self):
         den = self.denoiser
@@ -174,7 +178,10 @@ class ImageModel:
         start = None
         if self.start is not None:
             start = _digest(*(self.start[k] for k in sorted(self.start)))
-        return {
+        # The penalty is named only when it is not "log": checkpoints of log
+        # models predate the choice and stay resumable.
+        penalty = {} if den.penalty == "log" else {"penalty": den.penalty}
+        return penalty | {
             "model": "convolutional-log",
             "n_filters": den.n_filters,
             "patch_size": den.patch_size,
@@ -240,7 +247,8 @@ def save_model(model, params, noise_std, path):
     """
     den = sklearn.base.clone(model.denoiser)
     den.components_ = np.asarray(params["K"], dtype=np.float64)
-    den.eps_ = np.asarray(params["eps"], dtype=np.float64)
+    for name in den._map().penalty.param_names:
+        setattr(den, f"{name}_", np.asarray(params[name], dtype=np.float64))
     den.noise_std_ = float(noise_std) * model.scale
     save_denoiser(den, path)
 

@@ -142,14 +142,16 @@ def load_denoiser(path):
         or not np.all(np.isfinite(K))
     ):
         raise ValueError(f"{path!s} holds invalid filters of shape {K.shape}.")
-    if settings.get("n_stages", 1) < 1 or not all(
-        value.shape == K.shape[:-1] and np.all((value > 0) & np.isfinite(value))
-        for value in params.values()
-    ):
+    try:
+        if settings.get("n_stages", 1) < 1:
+            raise ValueError("n_stages < 1")
+        for name, value in params.items():
+            penalty().check_param(name, value, K.shape[:-1])
+    except ValueError as exc:
         raise ValueError(
             f"{path!s} holds an invalid {settings['penalty']} penalty "
-            f"({', '.join(params)}, n_stages)."
-        )
+            f"({', '.join(params)}, n_stages): {exc}"
+        ) from None
     noise_std = float(fields["noise_std"])
     den = ImageDenoiser(
         n_filters=K.shape[-2], patch_size=p, noise_std=noise_std, **settings

@@ -57,14 +57,6 @@ class DenseOperator:
         """Gradient of ``sum_i <Y_i, K X_i>`` with respect to ``K``: ``Y^T X``."""
         return Y.T @ X
 
-    def expand_rows(self, values):
-        """Per-row values of ``K`` (shape ``(m,)``) spread over a dual row."""
-        return values
-
-    def sum_rows(self, Z):
-        """Sum a stack of dual rows ``(N, m)`` per row of ``K``: shape ``(m,)``."""
-        return Z.sum(axis=0)
-
     # Fused variants, with ``np.dot`` into C-contiguous ``out``: it releases
     # the GIL, so chunks in threads run their products at once, where SciPy's
     # BLAS wrappers (not ``threadsafe`` in f2py) hold it.

@@ -22,14 +22,19 @@ A non-convex penalty ``sum_j phi(|z_j|)`` with ``phi`` concave is minimised
 by majorize-minimize stages (``docs/math.md``, section 6): stage 1 is the l1
 model, stage ``s`` a weighted l1 problem whose weights are the slopes of
 ``phi`` at the previous stage's ``K x``.  Such a penalty has
-``reweighted = True``, names its learnable per-filter parameters in
-``param_names`` and provides ``stage_penalty(w)``, ``weights(z, params)`` and
+``reweighted = True``, names its learnable parameters in ``param_names``
+(each holds one value, or one array of ``param_shape``, per row of ``K``)
+and provides ``stage_penalty(w)``, ``weights(z, params)`` and
 ``weights_vjp``; the unrolled map (:mod:`._unrolled_map`) does the rest.
+The dual iterate ``z`` of every operator is position-major, so
+``z.reshape(-1, m)`` has one column per row of ``K``: the parameters come
+per row and broadcast along it.
 """
 
 import numbers
 
 import numpy as np
+from scipy.special import exprel
 
 
 class Penalty:
@@ -39,6 +44,32 @@ class Penalty:
     reweighted = False
     conjugate_l2 = 0.0
     param_names = ()
+    #: The parameters that must be positive (optimised through their log).
+    positive_params = ()
+
+    def param_shape(self, name, rows):
+        """Shape of parameter ``name`` for an operator with ``rows`` (a shape)."""
+        return tuple(rows)
+
+    def initial_param(self, name, rows):
+        """A parameter's start when no scale sets it (see ``ImageDenoiser``)."""
+        raise NotImplementedError(f"{name} has no fixed start.")
+
+    def check_param(self, name, value, rows):
+        """Raise ``ValueError`` unless ``value`` fits parameter ``name``."""
+        shape = self.param_shape(name, rows)
+        value = np.asarray(value)
+        positive = name in self.positive_params
+        if (
+            value.shape != shape
+            or not np.all(np.isfinite(value))
+            or (positive and not np.all(value > 0))
+        ):
+            kind = "positive finite" if positive else "finite"
+            raise ValueError(
+                f"{name} must hold {shape} {kind} numbers ({rows[-1]} rows of K), "
+                f"got {value!r}."
+            )
 
     @classmethod
     def from_settings(cls, *, huber_eps=None):
@@ -174,39 +205,127 @@ class Log(Penalty):
 
     reweighted = True
     param_names = ("eps",)
+    positive_params = ("eps",)
 
     def value(self, z, params):
         eps = params["eps"]
-        return float(np.sum(eps * np.log1p(np.abs(z) / eps)))
+        return float(np.sum(eps * np.log1p(np.abs(z).reshape(-1, len(eps)) / eps)))
 
     def stage_penalty(self, w):
         """The convex penalty of a stage: l1 for stage 1 (``w is None``)."""
         return L1() if w is None else WeightedL1(w)
 
     def weights(self, z, params):
-        """Slopes ``eps / (eps + |z|)`` of the penalty at ``z``, new array.
-
-        ``params["eps"]`` holds ``eps`` spread over the coordinates of ``z``.
-        """
+        """Slopes ``eps / (eps + |z|)`` of the penalty at ``z``, new array."""
         eps = params["eps"]
         w = np.abs(z)
-        w += eps
-        return np.divide(eps, w, out=w)
+        rows = w.reshape(-1, len(eps))
+        rows += eps
+        np.divide(eps, rows, out=rows)
+        return w
 
     def weights_vjp(self, z, w, params, d_w):
         """Pull ``d_w`` back through :meth:`weights`; ``d_w`` is overwritten.
 
-        Returns ``d_z`` and ``{"eps": d_eps}``, of the shape of ``z``:
+        Returns ``d_z`` (the shape of ``z``) and ``{"eps": d_eps}`` (per row):
         ``dw/deps = w (1 - w) / eps`` and ``dw/dz = -sign(z) w^2 / eps``.
         """
         eps = params["eps"]
-        d_eps = d_w * w * (1.0 - w) / eps
-        d_z = d_w
-        d_z *= w
-        d_z *= w
-        d_z /= eps
+        m = len(eps)
+        d_eps = (d_w * w * (1.0 - w)).reshape(-1, m).sum(axis=0) / eps
+        d_w *= w
+        d_w *= w
+        d_z = (d_w.reshape(-1, m) / eps).reshape(z.shape)
         d_z *= -np.sign(z)
         return d_z, {"eps": d_eps}
+
+
+class ShapedLog(Log):
+    """The log penalty with a learned concave shape per filter.
+
+    ``F(z) = sum_j phi_k(|z_j|)`` with ``phi_k(0) = 0`` and slope
+    ``w = phi_k'``: in ``u = log(1 + |z| / eps_k)``, ``log w`` is continuous,
+    piecewise linear between the knots ``u = 0, DELTA, 2 DELTA, ...`` and
+    falls with slope ``exp(a_ki)`` on segment ``i`` (the last one
+    unbounded).  ``a = 0`` is :class:`Log` (``log w = -u``).  Any ``a`` keeps
+    ``w`` decreasing in ``(0, 1]``, so ``phi_k`` stays concave and the
+    stages majorize-minimize steps: the shape learns how fast large
+    responses stop being penalised, like the learned influence functions of
+    TNRD, inside the variational model.  Learnable: ``eps`` (positive) and
+    ``shape`` (``a``, :attr:`n_segments` reals) per filter.
+    """
+
+    param_names = ("eps", "shape")
+    n_segments = 8
+    knot_spacing = 0.5
+
+    def param_shape(self, name, rows):
+        if name == "shape":
+            return (*rows, self.n_segments)
+        return tuple(rows)
+
+    def initial_param(self, name, rows):
+        """``shape = 0``: the log penalty."""
+        return np.zeros(self.param_shape(name, rows))
+
+    def _segments(self, z, params):
+        """``|z|`` and ``u`` as rows ``(-1, m)``, each one's segment (flat index)."""
+        eps, a = params["eps"], params["shape"]
+        m, n = a.shape
+        t = np.abs(z).reshape(-1, m)
+        u = np.log1p(t / eps)
+        seg = np.minimum((u / self.knot_spacing).astype(np.intp), n - 1)
+        flat = seg + n * np.arange(m)
+        return t, u, seg, flat
+
+    def _log_w_at_knots(self, a):
+        """``exp(a)`` (the slopes) and ``log w`` at the start of every segment."""
+        b = np.exp(a)
+        return b, -self.knot_spacing * (np.cumsum(b, axis=-1) - b)
+
+    def value(self, z, params):
+        eps, a = params["eps"], params["shape"]
+        t, u, seg, flat = self._segments(z, params)
+        b, c = self._log_w_at_knots(a)
+        h = self.knot_spacing
+        knots = h * np.arange(a.shape[-1])
+        # int_{u_i}^{u} w(s) e^s ds = e^(c_i + u_i) x exprel((1 - b_i) x), x = u - u_i.
+        scale = np.exp(c + knots)
+        whole = scale * h * exprel((1.0 - b) * h)
+        before = (np.cumsum(whole, axis=-1) - whole).ravel()[flat]
+        x = u - h * seg
+        part = scale.ravel()[flat] * x * exprel((1.0 - b.ravel()[flat]) * x)
+        return float(np.sum(eps * (before + part)))
+
+    def weights(self, z, params):
+        """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
+        t, u, seg, flat = self._segments(z, params)
+        b, c = self._log_w_at_knots(params["shape"])
+        log_w = c.ravel()[flat] - b.ravel()[flat] * (u - self.knot_spacing * seg)
+        return np.exp(log_w).reshape(z.shape)
+
+    def weights_vjp(self, z, w, params, d_w):
+        """Pull ``d_w`` back through :meth:`weights`.
+
+        With ``g = d_w w`` (the adjoint of ``log w``): ``d log w / du =
+        -b_i``, ``du/d|z| = 1 / (eps + |z|)``, ``du/deps = -|z| / (eps (eps +
+        |z|))``; ``log w`` depends on ``b_j = exp(a_j)`` with slope ``-DELTA``
+        for every segment ``j`` below its own and ``-(u - u_i)`` for its own.
+        """
+        eps, a = params["eps"], params["shape"]
+        m, n = a.shape
+        t, u, seg, flat = self._segments(z, params)
+        b = np.exp(a)
+        g = (d_w * w).reshape(-1, m)
+        d_u = -g * b.ravel()[flat]
+        d_z = (d_u / (eps + t)).reshape(z.shape) * np.sign(z)
+        d_eps = -np.sum(d_u * t / (eps + t), axis=0) / eps
+        x = u - self.knot_spacing * seg
+        per_segment = np.bincount(flat.ravel(), g.ravel(), m * n).reshape(m, n)
+        own = np.bincount(flat.ravel(), (g * x).ravel(), m * n).reshape(m, n)
+        above = np.cumsum(per_segment[:, ::-1], axis=1)[:, ::-1] - per_segment
+        d_a = -b * (self.knot_spacing * above + own)
+        return d_z, {"eps": d_eps, "shape": d_a.astype(d_eps.dtype, copy=False)}
 
 
 class SquaredL2:
@@ -224,7 +343,7 @@ class SquaredL2:
 
 
 #: The penalties an estimator's ``penalty`` string names.
-PENALTIES = {"l1": L1, "huber": Huber, "log": Log}
+PENALTIES = {"l1": L1, "huber": Huber, "log": Log, "shaped_log": ShapedLog}
 
 
 def make_penalty(penalty, *, huber_eps=0.01):

@@ -10,7 +10,8 @@ the diagnostics) builds one and calls :meth:`~UnrolledMap.loss_grad` or
 of :mod:`._parallel`.
 
 Parameters are a dict of arrays: ``"K"`` and the penalty's learnable
-parameters (``Log``: ``"eps"``, one per row of ``K``).  With
+parameters (``Log``: ``"eps"``, one per row of ``K``; ``ShapedLog`` also
+``"shape"``, a row of reals per row of ``K``).  With
 ``per_stage=True`` each array has a leading axis of ``n_stages``: stage ``s``
 has its own operator ``K_s`` and penalty parameters (stage 1 of a reweighted
 penalty is the l1 model and uses none of them).  Gradients come back in the
@@ -171,12 +172,7 @@ class UnrolledMap:
             )
         rows = (*lead, np.shape(K)[-2])
         for name in self.penalty.param_names:
-            value = np.asarray(params[name])
-            if value.shape != rows or not np.all((value > 0) & np.isfinite(value)):
-                raise ValueError(
-                    f"{name} must hold {rows} positive finite numbers (one per "
-                    f"row of K), got {value!r}."
-                )
+            self.penalty.check_param(name, params[name], rows)
 
     def stages(self, params):
         """Every stage's :class:`Stage` (the steps from its operator's norm)."""
@@ -205,7 +201,7 @@ class UnrolledMap:
             if self.penalty.reweighted:
                 if s:
                     z = op.apply(x)
-                    w = self.penalty.weights(z, self._expand(op, stage, X.dtype))
+                    w = self.penalty.weights(z, _cast(stage.params, X.dtype))
                 penalty = self.penalty.stage_penalty(w)
             x_in = x
             x, tape = forward(op, X, stage.steps, penalty, self.alpha, record=record)
@@ -243,27 +239,19 @@ class UnrolledMap:
             grad_D -= grad_P
             grads = {"K": grad_D}
             grads.update(
-                (name, np.zeros(len(stage.K), dtype=X.dtype))
-                for name in self.penalty.param_names
+                (name, np.zeros_like(value, dtype=X.dtype))
+                for name, value in stage.params.items()
             )
             if w is not None:
                 # The weights of stage s pass the adjoint of its box bounds
                 # on to K_s, the penalty's parameters and the stage before.
-                params = self._expand(op, stage, X.dtype)
+                params = _cast(stage.params, X.dtype)
                 d_z, d_params = self.penalty.weights_vjp(z, w, params, bound_grad)
-                for name, d in d_params.items():
-                    grads[name] = op.sum_rows(d)
+                grads.update(d_params)
                 grads["K"] += op.weight_grad(d_z, x_in)
                 g = op.adjoint(d_z)
             out[s] = (grads, sigma_sens, tau_sens)
         return out
-
-    def _expand(self, op, stage, dtype):
-        """The stage's per-row penalty parameters spread over the dual."""
-        return {
-            name: op.expand_rows(np.asarray(value, dtype=dtype))
-            for name, value in stage.params.items()
-        }
 
     def _threads_per_chunk(self, n_chunks, n_jobs):
         """This map, its operator given the workers that the chunks leave idle.
@@ -403,6 +391,11 @@ class UnrolledMap:
         stages, slices, umap = self._plan(params, X_noisy, n_jobs, chunk_size, False)
         parts = map_chunks(_chunk_apply, slices, n_jobs, umap, stages, X_noisy)
         return np.concatenate(parts) if parts else np.empty_like(X_noisy)
+
+
+def _cast(params, dtype):
+    """A stage's penalty parameters in the dtype of the samples."""
+    return {name: np.asarray(value, dtype=dtype) for name, value in params.items()}
 
 
 def _chunk_loss_grad(umap, stages, X_noisy, X_clean, loss_weights, rows):

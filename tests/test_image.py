@@ -231,3 +231,28 @@ def test_per_stage_filters_fit_save_and_load(tmp_path):
     np.testing.assert_array_equal(copy.denoise(noisy), den.denoise(noisy))
     with pytest.raises(ValueError, match='per_stage=True needs penalty="log"'):
         ImageDenoiser(per_stage=True, **kw).fit(images)
+
+
+def test_shaped_log_fits_saves_and_loads(tmp_path):
+    from sklearn_ergo import load_denoiser, save_denoiser
+
+    images = [blocks(0), blocks(1)]
+    kw = dict(n_layers=6, crop_size=24, n_crops=3, max_iter=3, noise_std=SIGMA)
+    den = ImageDenoiser(
+        penalty="shaped_log", n_stages=2, per_stage=True, random_state=0, **kw
+    ).fit(images)
+    assert den.shape_.shape == (2, 8, 8) and den.eps_.shape == (2, 8)
+    # The shape starts at the log penalty's (0) and is learned in stage 2.
+    assert np.all(den.shape_[0] == 0) and np.abs(den.shape_[1]).max() > 0
+    save_denoiser(den, tmp_path / "shaped.npz")
+    copy = load_denoiser(tmp_path / "shaped.npz")
+    noisy = blocks(5) + SIGMA * np.random.default_rng(0).standard_normal((48, 48))
+    np.testing.assert_array_equal(copy.denoise(noisy), den.denoise(noisy))
+    with np.load(tmp_path / "shaped.npz") as data:
+        fields = dict(data)
+    np.savez(tmp_path / "bad.npz", **(fields | {"shape": fields["shape"][..., :3]}))
+    with pytest.raises(ValueError, match="invalid shaped_log penalty.*shape must"):
+        load_denoiser(tmp_path / "bad.npz")
+    # A refit with the plain log penalty drops the shape.
+    den.set_params(penalty="log", max_iter=1).fit(images)
+    assert not hasattr(den, "shape_") and den.eps_.shape == (2, 8)

@@ -9,7 +9,7 @@ from sklearn_ergo._chambolle_pock import backward, forward
 from sklearn_ergo._convolutional import denoise_images, images_loss_grad, on_images
 from sklearn_ergo._init import initial_filters
 from sklearn_ergo._operators import DenseOperator
-from sklearn_ergo._penalties import L1, Log, WeightedL1
+from sklearn_ergo._penalties import L1, Log, ShapedLog, WeightedL1
 from sklearn_ergo._steps import AcceleratedSteps, constant_steps
 from sklearn_ergo._unrolled_map import UnrolledMap, output_weights
 
@@ -140,9 +140,7 @@ def test_stages_decrease_the_log_energy():
 
     def energy(x):
         z = op.apply(x)
-        return Log().value(z, {"eps": op.expand_rows(eps)}) + 0.5 * np.sum(
-            (x - noisy) ** 2
-        )
+        return Log().value(z, {"eps": eps}) + 0.5 * np.sum((x - noisy) ** 2)
 
     energies = [
         energy(
@@ -187,14 +185,18 @@ class SqrtPenalty(Log):
     one class (its weights and their derivative) and nothing else."""
 
     def weights(self, z, params):
-        return 1.0 / np.sqrt(1.0 + np.abs(z) / params["eps"])
+        # One column per row of K (the dual is position-major).
+        t = np.abs(z).reshape(-1, len(params["eps"]))
+        return (1.0 / np.sqrt(1.0 + t / params["eps"])).reshape(z.shape)
 
     def weights_vjp(self, z, w, params, d_w):
         eps = params["eps"]
+        t = np.abs(z).reshape(-1, len(eps))
         # w = (1 + |z| / eps)^(-1/2), so dw/d|z| = -w^3 / (2 eps)
         # and dw/deps = w^3 |z| / (2 eps^2).
-        common = d_w * w**3 / (2.0 * eps)
-        return -np.sign(z) * common, {"eps": common * np.abs(z) / eps}
+        common = (d_w * w**3).reshape(-1, len(eps)) / (2.0 * eps)
+        d_z = -np.sign(z) * common.reshape(z.shape)
+        return d_z, {"eps": np.sum(common * t, axis=0) / eps}
 
 
 @pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
@@ -220,3 +222,110 @@ def test_a_new_reweighted_penalty_is_one_class(per_stage):
             return umap.loss_grad(params | {name: v}, X_noisy, X_clean)[0]
 
         assert fd_relative_error(f, params[name], grads[name], rng) <= 1e-6
+
+
+# -- the log penalty with a learned shape -------------------------------------------
+def _shape(rng, rows, scale=0.7):
+    return scale * rng.standard_normal((*rows, ShapedLog.n_segments))
+
+
+def test_shaped_log_at_zero_shape_is_the_log_penalty():
+    K, eps, noisy, clean, rng = _problem(seed=6)
+    z = rng.standard_normal((5, 4)) * rng.uniform(0, 8, size=(5, 4))
+    flat = {"eps": eps, "shape": np.zeros((4, ShapedLog.n_segments))}
+    np.testing.assert_allclose(
+        ShapedLog().weights(z, flat), Log().weights(z, {"eps": eps}), rtol=1e-14
+    )
+    assert ShapedLog().value(z, flat) == pytest.approx(
+        Log().value(z, {"eps": eps}), rel=1e-13
+    )
+    log = images_loss_grad(_map(5, 3), {"K": K, "eps": eps}, noisy, clean)
+    shaped = images_loss_grad(
+        _map(5, 3, penalty=ShapedLog()), {"K": K, **flat}, noisy, clean
+    )
+    assert shaped[0] == pytest.approx(log[0], rel=1e-13)
+    for name in ("K", "eps"):
+        np.testing.assert_allclose(shaped[1][name], log[1][name], rtol=1e-10)
+    assert np.abs(shaped[1]["shape"]).max() > 0
+
+
+def test_shaped_log_is_concave_and_its_value_integrates_its_weights():
+    rng = np.random.default_rng(7)
+    eps = np.array([0.05, 0.3, 1.0])
+    params = {"eps": eps, "shape": _shape(rng, (3,), scale=1.5)}
+    t = np.linspace(0.0, 60.0, 4001)[:, None] * np.ones(3)
+    w = ShapedLog().weights(t, params)
+    assert np.all((w > 0) & (w <= 1)) and np.all(np.diff(w, axis=0) <= 0)
+    # phi' = w: the value's central differences, one coordinate at a time.
+    h = 1e-6
+    for z in (0.013, 0.4, 2.5, 47.0):
+        zz = np.full((1, 3), z)
+        fd = np.array(
+            [
+                ShapedLog().value(zz + h * e, params)
+                - ShapedLog().value(zz - h * e, params)
+                for e in np.eye(3)
+            ]
+        ) / (2 * h)
+        # (atol: where w is ~1e-12 the difference of two values is rounding.)
+        np.testing.assert_allclose(
+            fd, ShapedLog().weights(zz, params)[0], rtol=1e-6, atol=1e-9
+        )
+
+
+@pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+@pytest.mark.parametrize("n_stages", [2, 3])
+def test_shaped_log_gradient_matches_finite_differences(unroll, n_stages, per_stage):
+    K, eps, noisy, clean, rng = _problem(seed=8)
+    umap = _map(6, n_stages, unroll, penalty=ShapedLog(), per_stage=per_stage)
+    if per_stage:
+        K = np.stack([K * (1 - 0.2 * s) for s in range(n_stages)])
+        eps = np.stack([eps * (1 + 0.5 * s) for s in range(n_stages)])
+    params = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
+    loss, grads = images_loss_grad(umap, params, noisy, clean)
+    for name in params:
+
+        def f(v, name=name):
+            return images_loss_grad(umap, params | {name: v}, noisy, clean)[0]
+
+        for _ in range(2):
+            err = fd_relative_error(f, params[name], grads[name], rng, h=1e-7)
+            assert err <= 1e-6, name
+    if per_stage:  # stage 1 is the l1 model: no penalty parameter is used
+        assert np.all(grads["shape"][0] == 0.0) and np.all(grads["eps"][0] == 0.0)
+
+
+def test_shaped_log_stages_decrease_its_energy():
+    """Any shape keeps the stages majorize-minimize steps of the energy."""
+    rng = np.random.default_rng(9)
+    clean = np.kron(rng.uniform(size=(3, 3)), np.ones((5, 5)))
+    noisy = (clean + 0.1 * rng.standard_normal(clean.shape)).reshape(1, -1)
+    K = 0.08 * initial_filters(2, 2, rng)
+    params = {"K": K, "eps": np.array([0.02, 0.05]), "shape": _shape(rng, (2,), 1.0)}
+    umap = _map(400, 1, penalty=ShapedLog())
+    op = on_images(umap, clean.shape, 2).operator(K)
+
+    def energy(x):
+        penalty = {k: params[k] for k in ("eps", "shape")}
+        return ShapedLog().value(op.apply(x), penalty) + 0.5 * np.sum((x - noisy) ** 2)
+
+    energies = [
+        energy(
+            on_images(_map(400, s, penalty=ShapedLog()), clean.shape, 2).apply(
+                params, noisy
+            )
+        )
+        for s in (1, 2, 3, 4)
+    ]
+    assert all(np.diff(energies) < 0), energies
+
+
+def test_shaped_log_parameters_are_checked():
+    K, eps, noisy, _, _ = _problem()
+    umap = _map(3, penalty=ShapedLog())
+    with pytest.raises(ValueError, match=r"shape must hold \(4, 8\) finite"):
+        denoise_images(umap, {"K": K, "eps": eps, "shape": np.zeros((4, 3))}, noisy)
+    with pytest.raises(ValueError, match="shape must hold"):
+        bad = np.full((4, 8), np.nan)
+        denoise_images(umap, {"K": K, "eps": eps, "shape": bad}, noisy)
