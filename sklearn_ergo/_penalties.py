@@ -269,14 +269,15 @@ class ShapedLog(Log):
         return np.zeros(self.param_shape(name, rows))
 
     def _segments(self, z, params):
-        """``|z|`` and ``u`` as rows ``(-1, m)``, each one's segment (flat index)."""
+        """As rows ``(-1, m)``: ``|z|``, ``u``, each one's segment (flat index)
+        and its offset ``u - u_i`` in it, in the dtype of ``z``."""
         eps, a = params["eps"], params["shape"]
         m, n = a.shape
         t = np.abs(z).reshape(-1, m)
         u = np.log1p(t / eps)
         seg = np.minimum((u / self.knot_spacing).astype(np.intp), n - 1)
-        flat = seg + n * np.arange(m)
-        return t, u, seg, flat
+        x = u - (self.knot_spacing * seg).astype(u.dtype)
+        return t, u, x, seg + n * np.arange(m)
 
     def _log_w_at_knots(self, a):
         """``exp(a)`` (the slopes) and ``log w`` at the start of every segment."""
@@ -285,7 +286,7 @@ class ShapedLog(Log):
 
     def value(self, z, params):
         eps, a = params["eps"], params["shape"]
-        t, u, seg, flat = self._segments(z, params)
+        t, u, x, flat = self._segments(z, params)
         b, c = self._log_w_at_knots(a)
         h = self.knot_spacing
         knots = h * np.arange(a.shape[-1])
@@ -293,16 +294,14 @@ class ShapedLog(Log):
         scale = np.exp(c + knots)
         whole = scale * h * exprel((1.0 - b) * h)
         before = (np.cumsum(whole, axis=-1) - whole).ravel()[flat]
-        x = u - h * seg
         part = scale.ravel()[flat] * x * exprel((1.0 - b.ravel()[flat]) * x)
         return float(np.sum(eps * (before + part)))
 
     def weights(self, z, params):
         """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
-        t, u, seg, flat = self._segments(z, params)
+        t, u, x, flat = self._segments(z, params)
         b, c = self._log_w_at_knots(params["shape"])
-        log_w = c.ravel()[flat] - b.ravel()[flat] * (u - self.knot_spacing * seg)
-        return np.exp(log_w).reshape(z.shape)
+        return np.exp(c.ravel()[flat] - b.ravel()[flat] * x).reshape(z.shape)
 
     def weights_vjp(self, z, w, params, d_w):
         """Pull ``d_w`` back through :meth:`weights`.
@@ -314,13 +313,12 @@ class ShapedLog(Log):
         """
         eps, a = params["eps"], params["shape"]
         m, n = a.shape
-        t, u, seg, flat = self._segments(z, params)
+        t, u, x, flat = self._segments(z, params)
         b = np.exp(a)
         g = (d_w * w).reshape(-1, m)
         d_u = -g * b.ravel()[flat]
         d_z = (d_u / (eps + t)).reshape(z.shape) * np.sign(z)
         d_eps = -np.sum(d_u * t / (eps + t), axis=0) / eps
-        x = u - self.knot_spacing * seg
         per_segment = np.bincount(flat.ravel(), g.ravel(), m * n).reshape(m, n)
         own = np.bincount(flat.ravel(), (g * x).ravel(), m * n).reshape(m, n)
         above = np.cumsum(per_segment[:, ::-1], axis=1)[:, ::-1] - per_segment

@@ -202,6 +202,9 @@ class UnrolledMap:
                 if s:
                     z = op.apply(x)
                     w = self.penalty.weights(z, _cast(stage.params, X.dtype))
+                    # A penalty that computes in float64 must not make the
+                    # float32 solver mix precisions (its buffers are float32).
+                    w = w.astype(X.dtype, copy=False)
                 penalty = self.penalty.stage_penalty(w)
             x_in = x
             x, tape = forward(op, X, stage.steps, penalty, self.alpha, record=record)
@@ -247,6 +250,7 @@ class UnrolledMap:
                 # on to K_s, the penalty's parameters and the stage before.
                 params = _cast(stage.params, X.dtype)
                 d_z, d_params = self.penalty.weights_vjp(z, w, params, bound_grad)
+                d_z = d_z.astype(X.dtype, copy=False)
                 grads.update(d_params)
                 grads["K"] += op.weight_grad(d_z, x_in)
                 g = op.adjoint(d_z)
