@@ -1,51 +1,62 @@
-"""Noise levels between the shipped ones: which operator, rescaled, works best.
+"""Noise levels between trained ones: the shipped model against one trained there.
 
-``denoise_image(image, sigma)`` rescales the image so that its noise has the
-level ``s`` of a shipped operator, denoises and scales back.  For noise
-levels between the shipped ones this script reports the mean PSNR on held-out
-images (those of ``benchmarks/denoise_table.py``, 256x256 centre crops)
-when the lower and the upper neighbouring operator is used.  Measured (see
-benchmarks/DENOISE_RESULTS.md): the upper neighbour is better up to 25, and
-between 25 and 50 the log-penalty model of 25 beats the l1 model of 50,
-which is the rule of ``denoise_image``.
+``denoise_image`` serves every noise level with the model trained at
+sigma = 25/255, applied to the image rescaled so that its noise has that
+level.  At every ``LEVEL`` of ``--tuned LEVEL=MODEL`` this script compares it
+with ``MODEL``, the same model fine-tuned at ``LEVEL`` (``train_bsd.py
+--start``), on the sets of ``--data`` under the protocol of
+``denoise_table.py`` (clean / 255 plus Gaussian noise of std LEVEL/255 with
+seed 0, not clipped; output clipped to [0, 1]; PSNR with peak 1; mean over
+the set).  Issue 12 asks for the shipped model within 0.1 dB of a model
+trained at the level, at 20 and 35.
 
-    python benchmarks/bench_sigma.py [--quick] [--levels 30 40 45]
+    python benchmarks/bench_sigma.py --data DIR \\
+        --tuned 20=benchmarks/runs/sigma20-48x5/model.npz \\
+                35=benchmarks/runs/sigma35-48x5/model.npz
 """
 
 import argparse
+import pathlib
 
 import numpy as np
-from denoise_table import held_out_images, psnr
 
-from sklearn_ergo._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
+from sklearn_ergo import denoise_image, load_denoiser
+from sklearn_ergo._image_training import benchmark_noise, psnr
+from sklearn_ergo.datasets import load_image_folder
+
+
+def level_and_model(text):
+    level, _, path = text.partition("=")
+    try:
+        return float(level), load_denoiser(path)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--levels", type=float, nargs="+", default=(7, 12, 20, 35))
+    parser.add_argument("--data", required=True, type=pathlib.Path)
+    parser.add_argument("--sets", nargs="+", default=["set12", "bsd68"])
+    parser.add_argument(
+        "--tuned", nargs="+", required=True, type=level_and_model, metavar="S=MODEL"
+    )
     args = parser.parse_args(argv)
-    images = list(held_out_images(128 if args.quick else 256).values())
-    levels = (20,) if args.quick else args.levels
-    models = {s: pretrained_denoiser(s) for s in PRETRAINED_LEVELS}
-    print("| sigma | lower level | upper level |\n|---|---|---|")
-    for level in levels:
-        lo = max(s for s in PRETRAINED_LEVELS if s < level)
-        hi = min(s for s in PRETRAINED_LEVELS if s > level)
-        rng = np.random.default_rng(0)
-        noisy = [x + level / 255 * rng.standard_normal(x.shape) for x in images]
-        scores = {}
-        for s in (lo, hi):
-            scores[s] = np.mean(
-                [
-                    psnr(models[s].denoise(y, sigma=level / 255), x)
-                    for x, y in zip(images, noisy, strict=True)
-                ]
+    print(
+        "| set | sigma | shipped model, rescaled | trained at sigma | difference |\n"
+        "|---|---|---|---|---|"
+    )
+    for name in args.sets:
+        clean = load_image_folder(args.data / name)
+        for level, tuned in args.tuned:
+            sigma = level / 255.0
+            pairs = list(zip(clean, benchmark_noise(clean, sigma), strict=True))
+            shipped = np.mean([psnr(denoise_image(y, sigma), x) for x, y in pairs])
+            trained = np.mean([psnr(tuned.denoise(y, sigma), x) for x, y in pairs])
+            print(
+                f"| {name} | {level:g} | {shipped:.2f} | {trained:.2f} "
+                f"| {shipped - trained:+.2f} |",
+                flush=True,
             )
-        print(
-            f"| {level} | {lo}: {scores[lo]:.2f} dB | {hi}: {scores[hi]:.2f} dB |",
-            flush=True,
-        )
     return 0
 
 

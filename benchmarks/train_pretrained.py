@@ -1,17 +1,20 @@
-"""Train the pretrained convolutional denoisers shipped in ``sklearn_ergo/pretrained``.
+"""Train small convolutional denoisers on scikit-image's bundled pictures.
 
-Only the bundled scikit-image images ``camera``, ``astronaut`` (gray),
-``coins``, ``moon``, ``text``, ``brick``, ``grass``, ``gravel`` and ``page``
-are used.  One model per noise level, in two phases with the same seed (so
-the same held-out draw of crops and noise is monitored): the convex l1 model
-from tuned anisotropic TV, then the log penalty (reweighted l1 stages) from
-the l1 model's filters; the phase with the better PSNR on that draw is
-shipped.  Progress (training loss, PSNR on the held-out draw)
-is printed after every draw of fresh crops and noise.
+These were the shipped models until the Train400 model replaced them; the
+sigma = 25 one is the start of that model's training
+(``benchmarks/runs/sigma25-48x5/init.npz``).  Only the bundled scikit-image
+images ``camera``, ``astronaut`` (gray), ``coins``, ``moon``, ``text``,
+``brick``, ``grass``, ``gravel`` and ``page`` are used.  One model per noise
+level, in two phases with the same seed (so the same held-out draw of crops
+and noise is monitored): the convex l1 model from tuned anisotropic TV, then
+the log penalty (reweighted l1 stages) from the l1 model's filters; the phase
+with the better PSNR on that draw is saved as ``OUTPUT/sigma{level}.npz``.
+Progress (training loss, PSNR on the held-out draw) is printed after every
+draw of fresh crops and noise.
 
-    python benchmarks/train_pretrained.py            # all levels, ~30 minutes
-    python benchmarks/train_pretrained.py --quick    # smoke test, < 60 s
-    python benchmarks/train_pretrained.py --levels 25 --output /tmp/models
+    python benchmarks/train_pretrained.py --output /tmp/models  # ~30 minutes
+    python benchmarks/train_pretrained.py --output /tmp/models --quick  # < 60 s
+    python benchmarks/train_pretrained.py --output /tmp/models --levels 25
 
 Needs scikit-image (``pip install "sklearn-ergo[benchmarks]"``).
 """
@@ -21,7 +24,8 @@ import pathlib
 import time
 
 from sklearn_ergo import ImageDenoiser, save_denoiser
-from sklearn_ergo._pretrained import PRETRAINED_LEVELS
+
+LEVELS = (5, 10, 15, 25, 50)
 
 TRAINING_IMAGES = (
     "camera",
@@ -64,12 +68,8 @@ def training_images():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=int, nargs="+", default=PRETRAINED_LEVELS)
-    parser.add_argument(
-        "--output",
-        type=pathlib.Path,
-        default=pathlib.Path(__file__).parents[1] / "sklearn_ergo" / "pretrained",
-    )
+    parser.add_argument("--levels", type=int, nargs="+", default=LEVELS)
+    parser.add_argument("--output", type=pathlib.Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny run, < 60 s")
     parser.add_argument("--n-jobs", type=int, default=None)
     args = parser.parse_args(argv)

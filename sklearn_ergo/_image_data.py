@@ -80,9 +80,10 @@ class Planes:
         ``z = a x + b`` with ``a = model_sigma / sigma``, so that its noise
         has the trained level, and ``b`` moves the plane's median ``m`` to
         the nearest point of ``[0, 1]`` (where the training images lie) if
-        ``a m`` is outside it, else ``b = 0``: the learned filters are only
-        nearly zero-sum, so a large offset (e.g. data around 10000 with noise
-        100) would change the result.  The output is ``(D(z) - b) / a``.
+        ``a m`` is outside it, else ``b = 0``: the learned filters are not
+        zero-sum (the shipped model uses absolute intensity), so an offset
+        changes the result (data around 10000 with noise 100 would be
+        ruined).  The output is ``(D(z) - b) / a``.
 
         Returns the denoised data in the canonical float64 layout.
         """

@@ -51,7 +51,7 @@ def save_denoiser(denoiser, path):
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.npz"
     >>> save_denoiser(pretrained_denoiser(25), path)
     >>> load_denoiser(path).penalty
-    'log'
+    'shaped_log'
     """
     if denoiser.structure != "convolutional" or not hasattr(denoiser, "components_"):
         raise ValueError("Only fitted convolutional ImageDenoisers can be saved.")
@@ -105,11 +105,11 @@ def load_denoiser(path):
     --------
     >>> from importlib import resources
     >>> from sklearn_ergo import load_denoiser
-    >>> ref = resources.files("sklearn_ergo") / "pretrained" / "sigma50.npz"
+    >>> ref = resources.files("sklearn_ergo") / "pretrained" / "sigma25.npz"
     >>> with resources.as_file(ref) as path:
     ...     den = load_denoiser(path)
-    >>> den.components_.shape
-    (16, 25)
+    >>> den.components_.shape  # 2 stages of 48 filters of 5x5
+    (2, 48, 25)
     """
     fields = _read_fields(path)
     if "format" not in fields or str(fields["format"]) not in _READABLE:

@@ -1,8 +1,11 @@
-"""The pretrained denoisers shipped with the package, and ``denoise_image``.
+"""The pretrained denoiser shipped with the package, and ``denoise_image``.
 
-The shipped operators are trained by ``benchmarks/train_pretrained.py`` on
-the bundled scikit-image images ``camera``, ``astronaut`` (gray), ``coins``,
-``moon``, ``text``, ``brick``, ``grass``, ``gravel`` and ``page`` only.
+The shipped model is trained by ``benchmarks/train_bsd.py`` on the 400
+Train400 images at sigma = 25/255, with Set12 as the validation set: 48
+filters of 5x5 per stage, two reweighted stages of 20 iterations each; 6500
+steps with the log penalty (``benchmarks/runs/sigma25-48x5/``), then 1500
+with its shape learned too (``penalty="shaped_log"``,
+``benchmarks/runs/ft25-shaped_log/``: the command, the log and the model).
 """
 
 from importlib import resources
@@ -16,8 +19,12 @@ from ._model_io import load_denoiser
 from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
-#: shipped operators.
-PRETRAINED_LEVELS = (5, 10, 15, 25, 50)
+#: shipped models.  One model serves every level: rescaled, the Train400
+#: sigma = 25 model (its log-penalty start) beat the per-level models shipped
+#: before it (trained on nine pictures) on Set12 by 0.64-0.85 dB at 5, 10,
+#: 15 and 50, and fine-tuning it at a level gains little
+#: (benchmarks/bench_sigma.py, benchmarks/DENOISE_RESULTS.md).
+PRETRAINED_LEVELS = (25,)
 
 
 def pretrained_denoiser(level):
@@ -30,10 +37,6 @@ def pretrained_denoiser(level):
     ref = resources.files("sklearn_ergo") / "pretrained" / f"sigma{level}.npz"
     with resources.as_file(ref) as path:
         return load_denoiser(path)
-
-
-def _reweighted(denoiser):
-    return denoiser._map().penalty.reweighted
 
 
 @validate_params(
@@ -85,14 +88,11 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
     -----
     The model of a shipped level ``s`` runs on the image rescaled so that
     its noise has exactly the level ``s``, and the result is scaled back
-    (see :meth:`ImageDenoiser.denoise`).  ``s`` is the 8-bit level if it is
-    a shipped level, else the next level up (the largest, 50, above it),
-    unless that model has the convex l1 penalty and the level below has the
-    log penalty: then the level below.  Measured on held-out images
-    (``python benchmarks/bench_sigma.py``): between 5 and 25 the upper
-    neighbour is 0.01-0.16 dB better than the lower one; between 25 and 50
-    the log-penalty model of 25 is 0.22-0.31 dB better than the l1 model of
-    50.  Below 5 and above 50 the rule is not measured.
+    (see :meth:`ImageDenoiser.denoise`).  ``s`` is the next shipped level
+    up, or the largest above them; today one model, of level 25, serves
+    every level.  On Set12 (``python benchmarks/bench_sigma.py --data
+    DIR``) it comes within 0.1 dB of the same model fine-tuned at 20 and 35;
+    below 5 and above 50 it is not measured.
 
     Examples
     --------
@@ -135,13 +135,5 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
             f"sigma must be positive and at most the image range, got {sigma!r}."
         )
     upper = min((s for s in PRETRAINED_LEVELS if s >= level), default=None)
-    if upper is None:
-        model = pretrained_denoiser(PRETRAINED_LEVELS[-1])
-    else:
-        model = pretrained_denoiser(upper)
-        lower = max((s for s in PRETRAINED_LEVELS if s < level), default=None)
-        if upper != level and lower is not None and not _reweighted(model):
-            below = pretrained_denoiser(lower)
-            if _reweighted(below):
-                model = below
+    model = pretrained_denoiser(PRETRAINED_LEVELS[-1] if upper is None else upper)
     return model.denoise(image, sigma=sigma, channel_axis=channel_axis)

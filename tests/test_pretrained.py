@@ -1,4 +1,4 @@
-"""The shipped operators and how denoise_image picks one for a noise level."""
+"""The shipped model and how denoise_image picks one for a noise level."""
 
 import numpy as np
 import pytest
@@ -18,33 +18,19 @@ def noisy():
 def test_shipped_models(level):
     den = pretrained_denoiser(level)
     assert den.noise_std_ == pytest.approx(level / 255)
-    assert den.components_.shape == (16, 25)
-    assert den.penalty in ("l1", "log")
-    if den.penalty == "log":
-        assert den.eps_.shape == (16,) and den.n_stages == 2
+    # The Train400 model: per-stage filters, two stages of the shaped log penalty.
+    assert den.penalty == "shaped_log" and den.per_stage and den.n_stages == 2
+    assert den.components_.shape == (2, 48, 25) and den.eps_.shape == (2, 48)
+    assert den.shape_.shape == (2, 48, 8)
 
 
-@pytest.mark.parametrize(
-    "sigma, expected",
-    [
-        (15, 15),  # a shipped level: its own model
-        (50, 50),
-        (12, 15),  # between levels: the next one up
-        (20, 25),
-        (80, 50),  # above the largest level: the largest
-    ],
-)
-def test_level_choice(noisy, sigma, expected):
+@pytest.mark.parametrize("sigma", [5, 15, 25, 35, 80])
+def test_one_model_serves_every_level(noisy, sigma):
     out = denoise_image(noisy, sigma / 255)
-    ref = pretrained_denoiser(expected).denoise(noisy, sigma=sigma / 255)
+    ref = pretrained_denoiser(25).denoise(noisy, sigma=sigma / 255)
     np.testing.assert_array_equal(out, ref)
 
 
-def test_log_model_below_wins_over_l1_model_above(noisy):
-    # Measured by benchmarks/bench_sigma.py: between 25 (log penalty) and 50
-    # (l1) the model of 25 is better, so it is used.
-    assert pretrained_denoiser(25).penalty == "log"
-    assert pretrained_denoiser(50).penalty == "l1"
-    out = denoise_image(noisy, 35 / 255)
-    ref = pretrained_denoiser(25).denoise(noisy, sigma=35 / 255)
-    np.testing.assert_array_equal(out, ref)
+def test_unknown_level():
+    with pytest.raises(ValueError, match="level must be one of"):
+        pretrained_denoiser(15)

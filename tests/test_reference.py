@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sklearn_ergo import (
-    denoise_image,
+    load_denoiser,
     unrolled_denoise,
     unrolled_loss_grad,
 )
@@ -95,10 +95,12 @@ def test_fit_on_demo_data(reference, solver):
     _close(est.predict(X[:200]), reference[f"fit/{solver}/predict"])
 
 
-@pytest.mark.parametrize("sigma", [15, 20, 50])
-def test_denoise_image(reference, sigma):
+@pytest.mark.parametrize("sigma, level", [(15, 15), (20, 25), (50, 50)])
+def test_denoise_image(reference, sigma, level):
+    """The models that ``denoise_image`` of 74a8ed7 chose, run by today's code."""
     clean, noise = ref_cases.reference_image()
-    out = denoise_image(clean + sigma / 255 * noise, sigma / 255)
+    model = load_denoiser(DATA / "pretrained_74a8ed7" / f"sigma{level}.npz")
+    out = model.denoise(clean + sigma / 255 * noise, sigma=sigma / 255)
     # 74a8ed7 clipped float output to [0, 1]; today only input in [0, 1] is
     # clipped, and this one has unclipped noise.  The convolutional model runs
     # in float32 since the kernels were made fast (float64 was bit for bit).
