@@ -156,7 +156,8 @@ def _add_train(sub):
         "mini-batch Adam on random crops of the folder's images with fresh "
         "noise and random flips and rotations at every step, validated on "
         "--validation DIR (whole images) or else on fixed crops of the "
-        "training images, resumable from a checkpoint (log penalty).",
+        "training images, resumable from a checkpoint (--penalty log or "
+        "shaped_log).",
     )
     tr.add_argument("images", nargs="*", help="clean training image files")
     tr.add_argument(
@@ -175,14 +176,18 @@ def _add_train(sub):
     tr.add_argument("--max-iter", type=_positive_int, default=40)
     tr.add_argument(
         "--penalty",
-        choices=("l1", "log"),
+        choices=("l1", "log", "shaped_log"),
         default="log",
         help="l1 (convex), or the log penalty (reweighted l1 stages, trained "
         "after and from the l1 model: twice --max-iter iterations in all; the "
-        "better of the two on the validation draw is saved)",
+        "better of the two on the validation draw is saved), or shaped_log, "
+        "the log penalty with a learned shape per filter",
     )
     tr.add_argument(
-        "--n-stages", type=_positive_int, default=2, help="stages of --penalty log"
+        "--n-stages",
+        type=_positive_int,
+        default=2,
+        help="reweighted stages of --penalty log or shaped_log",
     )
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
@@ -358,7 +363,7 @@ def _train(args):
     )
     phases = [dict(penalty="l1")]
     if PENALTIES[args.penalty].reweighted:
-        phases.append(dict(penalty="log", n_stages=args.n_stages))
+        phases.append(dict(penalty=args.penalty, n_stages=args.n_stages))
     try:
         init, models = "tv", []
         for phase in phases:
@@ -389,7 +394,9 @@ def _train_folder(args):
     from .datasets import load_image_folder
 
     if not PENALTIES[args.penalty].reweighted:
-        raise CommandError("--data trains the log-penalty model; omit --penalty")
+        raise CommandError(
+            "--data trains a reweighted model: --penalty log or shaped_log"
+        )
     output = args.output if args.output.endswith(".npz") else args.output + ".npz"
     checkpoint = args.checkpoint or output[: -len(".npz")] + ".checkpoint.npz"
     try:
@@ -405,6 +412,7 @@ def _train_folder(args):
             args.patch_size,
             args.n_layers,
             args.n_stages,
+            penalty=args.penalty,
             n_jobs=args.n_jobs,
         )
         result = train(

@@ -348,6 +348,11 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     assert "step 4/4: loss" in printed and "validation PSNR" in printed
     assert "done; saved the model of step" in printed
     assert load_denoiser(model).components_.shape == (3, 9)
+    # The shaped log penalty: its own model (another checkpoint, to resume).
+    shaped = tmp_path / "shaped.npz"
+    argv_shaped = [*argv[:6], str(shaped), *argv[7:], "--penalty", "shaped_log"]
+    assert main(argv_shaped) == 0
+    assert load_denoiser(shaped).shape_.shape == (3, 8)
     checkpoint = tmp_path / "model.checkpoint.npz"
     assert it.load_checkpoint(checkpoint)[0].step == 4
     # Resuming a finished run only rewrites the model file.
