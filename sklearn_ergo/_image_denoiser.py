@@ -121,9 +121,10 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         it penalises large filter
         responses (edges) less than small ones (noise).  ``"shaped_log"``
         also learns the shape of each filter's concave penalty (``shape_``;
-        ``docs/math.md``, section 6), starting from the log penalty.  The
-        shipped operators start it from the filters of a trained l1 model
-        (``init``; ``benchmarks/train_pretrained.py``).
+        ``docs/math.md``, section 6), starting from the log penalty.  A
+        log model is best started from the filters of a trained l1 model
+        (``init``); the shipped model, ``"shaped_log"`` with per-stage
+        filters, was trained on Train400 by ``benchmarks/train_bsd.py``.
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"
         Initial filters (convolutional): anisotropic TV plus small zero-mean
