@@ -22,7 +22,9 @@ Writes into ``--out DIR``:
 its settings and parameters, the images scaled so that their noise has the
 model's level (as ``denoise`` applies it), so that step 0 is the model as
 it is used at ``--sigma``.  With ``--penalty shaped_log`` a log-penalty
-model starts with the log shape (the same model) and learns its shape.
+model starts with the log shape (the same model) and learns its shape; a
+``--patch-size`` above the model's puts its filters in the centre of larger
+supports.
 
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25 \
@@ -44,6 +46,17 @@ from sklearn_ergo._penalties import make_penalty
 from sklearn_ergo.datasets import load_image_folder
 
 
+def centred(K, patch_size):
+    """Filters ``(..., n, q * q)`` in the centre of ``p x p`` supports, zero around."""
+    q = int(round(np.sqrt(K.shape[-1])))
+    if q > patch_size:
+        raise SystemExit(f"filters of {q}x{q} do not fit in {patch_size}x{patch_size}.")
+    a = (patch_size - q) // 2
+    D = np.zeros((*K.shape[:-1], patch_size, patch_size))
+    D[..., a : a + q, a : a + q] = K.reshape(*K.shape[:-1], q, q)
+    return D.reshape(*K.shape[:-1], patch_size**2)
+
+
 def embedded_filters(path, n_filters, patch_size, seed):
     """The filters of the model file ``path`` in the centre of ``p x p`` supports.
 
@@ -55,26 +68,25 @@ def embedded_filters(path, n_filters, patch_size, seed):
         return None
     K = load_denoiser(path).components_
     K = K[-1] if K.ndim == 3 else K  # a per-stage model: its last stage
-    q = int(round(np.sqrt(K.shape[1])))
-    if q > patch_size or len(K) > n_filters:
-        raise SystemExit(f"{path}: {len(K)} filters of {q}x{q} do not fit.")
-    a = (patch_size - q) // 2
-    D = np.zeros((len(K), patch_size, patch_size))
-    D[:, a : a + q, a : a + q] = K.reshape(-1, q, q)
-    D = D.reshape(len(K), -1)
+    if len(K) > n_filters:
+        raise SystemExit(f"{path}: {len(K)} filters do not fit in {n_filters}.")
+    D = centred(K, patch_size)
     scale = 0.2 * float(np.mean(np.linalg.norm(K, axis=1)))
     rng = np.random.default_rng(seed)
     extra = zero_mean_random_rows(n_filters - len(K), patch_size**2, scale, rng)
     return np.vstack([D, extra])
 
 
-def fine_tuned(den, noise_std, penalty, n_jobs):
+def fine_tuned(den, noise_std, penalty, n_jobs, patch_size=None):
     """An :class:`ImageModel` that starts as the trained ``den`` at ``noise_std``.
 
     Parameters of ``penalty`` that ``den`` lacks (the shape of
-    ``"shaped_log"`` for a ``"log"`` model) start where ``den`` is the model.
+    ``"shaped_log"`` for a ``"log"`` model) start where ``den`` is the model;
+    a larger ``patch_size`` holds its filters in the centre (the same filters,
+    the images padded by more).
     """
-    start = {"K": den.components_}
+    patch_size = patch_size or den.patch_size
+    start = {"K": centred(den.components_, patch_size)}
     penalty_object = make_penalty(penalty)
     for name in penalty_object.param_names:
         value = getattr(den, f"{name}_", None)
@@ -83,7 +95,7 @@ def fine_tuned(den, noise_std, penalty, n_jobs):
         start[name] = value
     return ImageModel(
         den.n_filters,
-        den.patch_size,
+        patch_size,
         den.n_layers,
         den.n_stages,
         unroll=den.unroll,
@@ -102,7 +114,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--n-filters", type=int, default=48)
-    parser.add_argument("--patch-size", type=int, default=7)
+    parser.add_argument(
+        "--patch-size", type=int, help="7; with --start: the start model's"
+    )
     parser.add_argument("--n-stages", type=int, default=2)
     parser.add_argument("--n-layers", type=int, default=20)
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
@@ -149,8 +163,11 @@ def main(argv=None):
         if args.init is not None:
             raise SystemExit("Pass --init or --start, not both.")
         den = load_denoiser(args.start)
-        model = fine_tuned(den, args.sigma / 255.0, args.penalty, args.n_jobs)
+        model = fine_tuned(
+            den, args.sigma / 255.0, args.penalty, args.n_jobs, args.patch_size
+        )
     else:
+        args.patch_size = args.patch_size or 7
         model = ImageModel(
             args.n_filters,
             args.patch_size,
