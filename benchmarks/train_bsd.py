@@ -40,21 +40,9 @@ import sys
 import numpy as np
 
 from sklearn_ergo import load_denoiser
-from sklearn_ergo._image_training import ImageModel, save_model, train
+from sklearn_ergo._image_training import ImageModel, centred, save_model, train
 from sklearn_ergo._init import zero_mean_random_rows
-from sklearn_ergo._penalties import make_penalty
 from sklearn_ergo.datasets import load_image_folder
-
-
-def centred(K, patch_size):
-    """Filters ``(..., n, q * q)`` in the centre of ``p x p`` supports, zero around."""
-    q = int(round(np.sqrt(K.shape[-1])))
-    if q > patch_size:
-        raise SystemExit(f"filters of {q}x{q} do not fit in {patch_size}x{patch_size}.")
-    a = (patch_size - q) // 2
-    D = np.zeros((*K.shape[:-1], patch_size, patch_size))
-    D[..., a : a + q, a : a + q] = K.reshape(*K.shape[:-1], q, q)
-    return D.reshape(*K.shape[:-1], patch_size**2)
 
 
 def embedded_filters(path, n_filters, patch_size, seed):
@@ -77,36 +65,6 @@ def embedded_filters(path, n_filters, patch_size, seed):
     return np.vstack([D, extra])
 
 
-def fine_tuned(den, noise_std, penalty, n_jobs, patch_size=None):
-    """An :class:`ImageModel` that starts as the trained ``den`` at ``noise_std``.
-
-    Parameters of ``penalty`` that ``den`` lacks (the shape of
-    ``"shaped_log"`` for a ``"log"`` model) start where ``den`` is the model;
-    a larger ``patch_size`` holds its filters in the centre (the same filters,
-    the images padded by more).
-    """
-    patch_size = patch_size or den.patch_size
-    start = {"K": centred(den.components_, patch_size)}
-    penalty_object = make_penalty(penalty)
-    for name in penalty_object.param_names:
-        value = getattr(den, f"{name}_", None)
-        if value is None:
-            value = penalty_object.initial_param(name, den.eps_.shape)
-        start[name] = value
-    return ImageModel(
-        den.n_filters,
-        patch_size,
-        den.n_layers,
-        den.n_stages,
-        unroll=den.unroll,
-        penalty=penalty,
-        per_stage=den.per_stage,
-        start=start,
-        scale=den.noise_std_ / noise_std,
-        n_jobs=n_jobs,
-    )
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="has train400/ and set12/")
@@ -120,7 +78,11 @@ def main(argv=None):
     parser.add_argument("--n-stages", type=int, default=2)
     parser.add_argument("--n-layers", type=int, default=20)
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
-    parser.add_argument("--penalty", choices=["log", "shaped_log"], default="log")
+    parser.add_argument(
+        "--penalty",
+        choices=["log", "shaped_log"],
+        help="log; with --start: the start model's",
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1000)
@@ -163,11 +125,16 @@ def main(argv=None):
         if args.init is not None:
             raise SystemExit("Pass --init or --start, not both.")
         den = load_denoiser(args.start)
-        model = fine_tuned(
-            den, args.sigma / 255.0, args.penalty, args.n_jobs, args.patch_size
+        model = ImageModel.from_denoiser(
+            den,
+            args.sigma / 255.0,
+            penalty=args.penalty,
+            patch_size=args.patch_size,
+            n_jobs=args.n_jobs,
         )
     else:
         args.patch_size = args.patch_size or 7
+        args.penalty = args.penalty or "log"
         model = ImageModel(
             args.n_filters,
             args.patch_size,

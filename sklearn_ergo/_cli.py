@@ -177,8 +177,8 @@ def _add_train(sub):
     tr.add_argument(
         "--penalty",
         choices=("l1", "log", "shaped_log"),
-        default="log",
-        help="l1 (convex), or the log penalty (reweighted l1 stages, trained "
+        help="log (the default; with --start: the start model's), l1 (convex), "
+        "or the log penalty (reweighted l1 stages, trained "
         "after and from the l1 model: twice --max-iter iterations in all; the "
         "better of the two on the validation draw is saved), or shaped_log, "
         "the log penalty with a learned shape per filter",
@@ -194,10 +194,19 @@ def _add_train(sub):
     folder = tr.add_argument_group("with --data")
     folder.add_argument("--validation", help="folder of clean validation images")
     folder.add_argument(
+        "--start",
+        help="fine-tune a trained model: a model file, or 'shipped' for the "
+        "model of denoise_image; its settings replace --n-filters, "
+        "--patch-size, --n-layers and --n-stages",
+    )
+    folder.add_argument(
         "--steps", type=_positive_int, default=1000, help="Adam steps (default 1000)"
     )
     folder.add_argument(
-        "--learning-rate", type=float, default=0.01, help="initial (default 0.01)"
+        "--learning-rate",
+        type=float,
+        help="initial (default 0.01; with --start 0.003, which fine-tuned the "
+        "shipped model)",
     )
     folder.add_argument(
         "--validate-every", type=_positive_int, default=100, help="steps (100)"
@@ -342,6 +351,9 @@ def _train(args):
         return _train_folder(args)
     if not args.images:
         raise CommandError("give clean image files or --data DIR")
+    if args.start is not None:
+        raise CommandError("--start goes with --data")
+    args.penalty = args.penalty or "log"
     from ._image_denoiser import ImageDenoiser
     from ._model_io import save_denoiser
 
@@ -391,12 +403,17 @@ def _train_folder(args):
         save_model,
         train,
     )
+    from ._model_io import load_denoiser
+    from ._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
     from .datasets import load_image_folder
 
-    if not PENALTIES[args.penalty].reweighted:
+    if args.start is None:
+        args.penalty = args.penalty or "log"
+    if args.penalty is not None and not PENALTIES[args.penalty].reweighted:
         raise CommandError(
             "--data trains a reweighted model: --penalty log or shaped_log"
         )
+    learning_rate = args.learning_rate or (0.01 if args.start is None else 0.003)
     output = args.output if args.output.endswith(".npz") else args.output + ".npz"
     checkpoint = args.checkpoint or output[: -len(".npz")] + ".checkpoint.npz"
     try:
@@ -407,14 +424,24 @@ def _train_folder(args):
             # A fixed draw of crops (their own seed), denoised like whole images.
             rng = np.random.default_rng([args.random_state, 1])
             validation = list(random_crops(images, args.n_crops, args.crop_size, rng))
-        model = ImageModel(
-            args.n_filters,
-            args.patch_size,
-            args.n_layers,
-            args.n_stages,
-            penalty=args.penalty,
-            n_jobs=args.n_jobs,
-        )
+        if args.start is None:
+            model = ImageModel(
+                args.n_filters,
+                args.patch_size,
+                args.n_layers,
+                args.n_stages,
+                penalty=args.penalty,
+                n_jobs=args.n_jobs,
+            )
+        else:
+            start = (
+                pretrained_denoiser(PRETRAINED_LEVELS[-1])
+                if args.start == "shipped"
+                else load_denoiser(args.start)
+            )
+            model = ImageModel.from_denoiser(
+                start, args.sigma / 255.0, penalty=args.penalty, n_jobs=args.n_jobs
+            )
         result = train(
             model,
             images,
@@ -423,7 +450,7 @@ def _train_folder(args):
             n_steps=args.steps,
             batch=args.n_crops,
             crop=args.crop_size,
-            learning_rate=args.learning_rate,
+            learning_rate=learning_rate,
             validate_every=args.validate_every,
             checkpoint=checkpoint,
             resume=args.resume,

@@ -46,6 +46,7 @@ from ._image_data import median_shift
 from ._image_denoiser import ImageDenoiser
 from ._model_io import save_denoiser
 from ._optim import Adam, ParameterVector
+from ._penalties import make_penalty
 
 #: Number of symmetries of the square applied to training crops.
 N_DIHEDRAL = 8
@@ -170,6 +171,40 @@ class ImageModel:
             raise ValueError(f"penalty must be reweighted, got {penalty!r}.")
         self.positive = umap.penalty.positive_params
 
+    @classmethod
+    def from_denoiser(
+        cls, den, noise_std, *, penalty=None, patch_size=None, n_jobs=None
+    ):
+        """A model that starts as the fitted ``den`` applied at ``noise_std``.
+
+        Its settings and parameters (``scale = den.noise_std_ / noise_std``,
+        see the class); parameters of ``penalty`` that ``den`` lacks (the
+        shape of ``"shaped_log"`` for a ``"log"`` model) start where the
+        model is ``den``, and a larger ``patch_size`` holds its filters in
+        the centre of the larger supports.
+        """
+        penalty = penalty or den.penalty
+        patch_size = patch_size or den.patch_size
+        start = {"K": centred(den.components_, patch_size)}
+        penalty_object = make_penalty(penalty)
+        for name in penalty_object.param_names:
+            value = getattr(den, f"{name}_", None)
+            if value is None:
+                value = penalty_object.initial_param(name, den.components_.shape[:-1])
+            start[name] = value
+        return cls(
+            den.components_.shape[-2],
+            patch_size,
+            den.n_layers,
+            den.n_stages,
+            unroll=den.unroll,
+            penalty=penalty,
+            per_stage=den.per_stage,
+            start=start,
+            scale=den.noise_std_ / noise_std,
+            n_jobs=n_jobs,
+        )
+
     def settings(self):
         den = self.denoiser
         init = "tv"
@@ -227,6 +262,17 @@ class ImageModel:
         den = self.denoiser
         den.noise_std_ = float(np.std(noisy - clean))
         return den._start(den._map(), noisy, clean, rng)[0]
+
+
+def centred(K, patch_size):
+    """Filters ``(..., n, q * q)`` in the centre of ``p x p`` supports, zero around."""
+    q = math.isqrt(K.shape[-1])
+    if q > patch_size:
+        raise ValueError(f"filters of {q}x{q} do not fit in {patch_size}x{patch_size}.")
+    a = (patch_size - q) // 2
+    D = np.zeros((*K.shape[:-1], patch_size, patch_size))
+    D[..., a : a + q, a : a + q] = K.reshape(*K.shape[:-1], q, q)
+    return D.reshape(*K.shape[:-1], patch_size**2)
 
 
 def _digest(*arrays):

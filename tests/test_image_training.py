@@ -9,6 +9,7 @@ from sklearn_ergo import _image_training as it
 from sklearn_ergo import load_denoiser
 from sklearn_ergo._cli import main
 from sklearn_ergo._optim import ParameterVector
+from sklearn_ergo._pretrained import pretrained_denoiser
 from sklearn_ergo.datasets import load_image_folder
 
 Image = pytest.importorskip("PIL.Image")
@@ -303,6 +304,25 @@ def test_fine_tuning_starts_as_denoise_applies_the_model_elsewhere(tmp_path):
     assert load_denoiser(tmp_path / "m15.npz").noise_std_ == pytest.approx(25 / 255)
 
 
+def test_from_denoiser_adds_neutral_parameters_and_larger_supports(tmp_path):
+    model = tiny_model()
+    trained = it.train(model, TRAIN, VAL, log=quiet, **KW).best_params
+    it.save_model(model, trained, 25 / 255, tmp_path / "m.npz")
+    den = load_denoiser(tmp_path / "m.npz")
+    shaped = it.ImageModel.from_denoiser(den, 25 / 255, penalty="shaped_log")
+    assert np.all(shaped.start["shape"] == 0) and shaped.scale == 1.0
+    noisy = it.benchmark_noise(VAL, 25 / 255)[0][None]
+    np.testing.assert_allclose(
+        shaped.denoise(shaped.start, noisy), model.denoise(trained, noisy), atol=1e-12
+    )
+    wide = it.ImageModel.from_denoiser(den, 25 / 255, patch_size=5)
+    K = wide.start["K"].reshape(-1, 5, 5)
+    np.testing.assert_array_equal(K[:, 1:4, 1:4].reshape(-1, 9), trained["K"])
+    assert np.all(K[:, 0] == 0) and np.all(K[:, :, 4] == 0)
+    with pytest.raises(ValueError, match="do not fit"):
+        it.ImageModel.from_denoiser(den, 25 / 255, patch_size=2)
+
+
 def test_scaled_loss_is_the_loss_of_the_output_in_image_units():
     start = {"K": 0.3 * np.eye(3, 9, 1) - 0.1 * np.eye(3, 9), "eps": np.full(3, 0.05)}
     model = it.ImageModel(
@@ -353,6 +373,15 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     argv_shaped = [*argv[:6], str(shaped), *argv[7:], "--penalty", "shaped_log"]
     assert main(argv_shaped) == 0
     assert load_denoiser(shaped).shape_.shape == (3, 8)
+    # Fine-tuning the shipped model at another level: its settings, its level.
+    tuned = tmp_path / "tuned.npz"
+    argv_tuned = ["train", "--data", str(data), "--sigma", "15", "-o", str(tuned)]
+    argv_tuned += ["--crop-size", "8", "--n-crops", "2", "--steps", "2", "--start"]
+    assert main([*argv_tuned, "shipped"]) == 0
+    shipped, den = pretrained_denoiser(25), load_denoiser(tuned)
+    assert den.components_.shape == shipped.components_.shape
+    assert den.penalty == shipped.penalty and den.noise_std_ == shipped.noise_std_
+    assert not np.array_equal(den.components_, shipped.components_)
     checkpoint = tmp_path / "model.checkpoint.npz"
     assert it.load_checkpoint(checkpoint)[0].step == 4
     # Resuming a finished run only rewrites the model file.
@@ -371,6 +400,8 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
         ([], "give clean image files or --data DIR"),
         (["--data", "missing-dir"], "is not a folder"),
         (["--data", ".", "x.png"], "not both"),
+        (["x.png", "--start", "shipped"], "--start goes with --data"),
+        (["--data", ".", "--penalty", "l1"], "--data trains a reweighted model"),
     ],
 )
 def test_cli_train_data_errors(tmp_path, capsys, extra, message):
