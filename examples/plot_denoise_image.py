@@ -4,9 +4,9 @@ Denoising a photograph: noisy, TV, ours, BM3D
 
 A held-out gray image (scikit-learn's ``china``, never seen in training) with
 Gaussian noise of standard deviation 25/255, denoised by total variation
-(``skimage.restoration.denoise_tv_chambolle`` with its weight tuned on the
-training images of the shipped operators, see ``benchmarks/denoise_table.py``),
-by the shipped convolutional analysis operator
+(``skimage.restoration.denoise_tv_chambolle`` with its weight tuned on
+scikit-image's bundled pictures, see ``benchmarks/denoise_table.py``), by the
+shipped convolutional model (trained on Train400)
 (:func:`sklearn_ergo.denoise_image`) and, when the ``bm3d`` package is
 installed, by BM3D.  Saves ``denoise_image.png`` (or ``--output``).
 

@@ -132,7 +132,7 @@ def _add_denoise(sub):
         "in [0, 1])",
     )
     den.add_argument(
-        "--model", help="a model .npz from 'train' (default: the shipped operators)"
+        "--model", help="a model .npz from 'train' (default: the shipped model)"
     )
     den.add_argument(
         "-j",

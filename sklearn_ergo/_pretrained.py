@@ -49,7 +49,7 @@ def pretrained_denoiser(level):
     prefer_skip_nested_validation=True,
 )
 def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
-    """Denoise an image of any dtype and range with the shipped operators.
+    """Denoise an image of any dtype and range with the shipped model.
 
     Parameters
     ----------
