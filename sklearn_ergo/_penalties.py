@@ -240,6 +240,10 @@ class Log(Penalty):
         return d_z, {"eps": d_eps}
 
 
+#: Coordinates per block of :meth:`ShapedLog.weights` (a few hundred KB).
+_BLOCK = 1 << 16
+
+
 class ShapedLog(Log):
     """The log penalty with a learned concave shape per filter.
 
@@ -273,11 +277,17 @@ class ShapedLog(Log):
         and its offset ``u - u_i`` in it, in the dtype of ``z``."""
         eps, a = params["eps"], params["shape"]
         m, n = a.shape
+        h = self.knot_spacing
         t = np.abs(z).reshape(-1, m)
-        u = np.log1p(t / eps)
-        seg = np.minimum((u / self.knot_spacing).astype(np.intp), n - 1)
-        x = u - (self.knot_spacing * seg).astype(u.dtype)
-        return t, u, x, seg + n * np.arange(m)
+        u = np.divide(t, eps)
+        np.log1p(u, out=u)
+        flat = np.multiply(u, 1.0 / h).astype(np.int32)
+        np.minimum(flat, n - 1, out=flat)
+        x = flat.astype(u.dtype)
+        x *= -h
+        x += u
+        flat += n * np.arange(m, dtype=np.int32)
+        return t, u, x, flat
 
     def _log_w_at_knots(self, a):
         """``exp(a)`` (the slopes) and ``log w`` at the start of every segment."""
@@ -298,10 +308,26 @@ class ShapedLog(Log):
         return float(np.sum(eps * (before + part)))
 
     def weights(self, z, params):
-        """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
-        t, u, x, flat = self._segments(z, params)
+        """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array.
+
+        By blocks of rows: a 512x512 image with 48 filters has 12.6 M
+        coordinates, and whole-size temporaries (fresh memory every call)
+        made this step cost as much as the 20 iterations of a stage.
+        """
         b, c = self._log_w_at_knots(params["shape"])
-        return np.exp(c.ravel()[flat] - b.ravel()[flat] * x).reshape(z.shape)
+        b, c = b.ravel(), c.ravel()
+        m = len(params["eps"])
+        out = np.empty_like(z)
+        rows, z_rows = out.reshape(-1, m), z.reshape(-1, m)
+        step = max(1, _BLOCK // m)
+        for start in range(0, len(z_rows), step):
+            block = slice(start, start + step)
+            _, _, x, flat = self._segments(z_rows[block], params)
+            log_w = np.take(b, flat)
+            log_w *= x
+            np.subtract(np.take(c, flat), log_w, out=log_w)
+            np.exp(log_w, out=rows[block])
+        return out
 
     def weights_vjp(self, z, w, params, d_w):
         """Pull ``d_w`` back through :meth:`weights`.

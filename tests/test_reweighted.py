@@ -273,6 +273,20 @@ def test_shaped_log_is_concave_and_its_value_integrates_its_weights():
         )
 
 
+def test_shaped_log_weights_by_blocks(monkeypatch):
+    """Blocks of rows (the last one partial) give the weights of one block."""
+    import sklearn_ergo._penalties as penalties
+
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((3, 5 * 4)) * rng.uniform(0, 5, size=(3, 5 * 4))
+    params = {"eps": rng.uniform(0.1, 1, 4), "shape": _shape(rng, (4,))}
+    whole = ShapedLog().weights(z, params)
+    monkeypatch.setattr(penalties, "_BLOCK", 7)  # one row of 4 per block
+    np.testing.assert_array_equal(ShapedLog().weights(z, params), whole)
+    monkeypatch.setattr(penalties, "_BLOCK", 4 * 4)  # 4 rows, 15 in all
+    np.testing.assert_array_equal(ShapedLog().weights(z, params), whole)
+
+
 @pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
 @pytest.mark.parametrize("n_stages", [2, 3])
