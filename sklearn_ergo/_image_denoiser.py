@@ -371,13 +371,14 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         reweighted = self._map().penalty.reweighted
         if self.per_stage and not (reweighted and self.structure == "convolutional"):
             raise ValueError(
-                'per_stage=True needs penalty="log" and structure="convolutional": '
-                "only reweighted stages differ."
+                'per_stage=True needs penalty="log" or "shaped_log" and '
+                'structure="convolutional": only reweighted stages differ.'
             )
         if self.structure == "patch" and (self._given_init() is not None or reweighted):
             raise ValueError(
-                'init filters and penalty="log" need structure="convolutional"; '
-                'the patch model takes penalty "l1" or "huber".'
+                'init filters and penalty="log" or "shaped_log" need '
+                'structure="convolutional"; the patch model takes penalty "l1" '
+                'or "huber".'
             )
         p = self._patch_size()
         size = self.crop_size if self.structure == "convolutional" else p
