@@ -177,11 +177,11 @@ def _add_train(sub):
     tr.add_argument(
         "--penalty",
         choices=("l1", "log", "shaped_log"),
-        help="log (the default; with --start: the start model's), l1 (convex), "
-        "or the log penalty (reweighted l1 stages, trained "
-        "after and from the l1 model: twice --max-iter iterations in all; the "
-        "better of the two on the validation draw is saved), or shaped_log, "
-        "the log penalty with a learned shape per filter",
+        help="l1 (convex); log, the log penalty (reweighted l1 stages; with "
+        "image files trained after and from the l1 model, twice --max-iter "
+        "iterations in all, the better of the two on the validation draw "
+        "saved); or shaped_log, the log penalty with a learned shape per "
+        "filter.  Default: log, or with --start the start model's",
     )
     tr.add_argument(
         "--n-stages",
