@@ -231,12 +231,13 @@ class ImageModel:
 
     def loss_grad(self, params, noisy, clean):
         den, a = self.denoiser, self.scale
+        noisy = a * noisy
         # At scale 1 the images are the training images themselves, in [0, 1].
-        shift = median_shift(a * noisy) if a != 1.0 else 0.0
+        shift = median_shift(noisy) if a != 1.0 else 0.0
         loss, grads = images_loss_grad(
             den._map(),
             params,
-            a * noisy + shift,
+            noisy + shift,
             a * clean + shift,
             border=self.pad,
             n_jobs=den.n_jobs,
@@ -245,9 +246,9 @@ class ImageModel:
 
     def denoise(self, params, images, pad=True):
         den, a = self.denoiser, self.scale
-        shift = median_shift(a * images) if a != 1.0 else 0.0
-        z = a * images + shift
-        out = denoise_images(den._map(), params, z, pad=pad, n_jobs=den.n_jobs)
+        z = a * images
+        shift = median_shift(z) if a != 1.0 else 0.0
+        out = denoise_images(den._map(), params, z + shift, pad=pad, n_jobs=den.n_jobs)
         return (out - shift) / a
 
     def initial_params(self, clean, noisy, rng):
