@@ -311,8 +311,8 @@ class ShapedLog(Log):
         """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array.
 
         By blocks of rows: a 512x512 image with 48 filters has 12.6 M
-        coordinates, and whole-size temporaries (fresh memory every call)
-        made this step cost as much as the 20 iterations of a stage.
+        coordinates, and whole-size temporaries (fresh memory at every call)
+        made this one step a large share of denoising an image.
         """
         b, c = self._log_w_at_knots(params["shape"])
         b, c = b.ravel(), c.ravel()

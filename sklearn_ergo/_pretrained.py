@@ -20,10 +20,10 @@ from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
 #: shipped models.  One model serves every level: rescaled, the Train400
-#: sigma = 25 model (its log-penalty start) beat the per-level models shipped
-#: before it (trained on nine pictures) on Set12 by 0.64-0.85 dB at 5, 10,
-#: 15 and 50, and fine-tuning it at a level gains little
-#: (benchmarks/bench_sigma.py, benchmarks/DENOISE_RESULTS.md).
+#: sigma = 25 model beats the per-level models shipped before it (trained on
+#: nine pictures) on Set12 by 0.64-0.85 dB at 5, 10, 15 and 50, and
+#: fine-tuning it at a level gains little (benchmarks/bench_sigma.py,
+#: benchmarks/DENOISE_RESULTS.md).
 PRETRAINED_LEVELS = (25,)
 
 
