@@ -179,13 +179,18 @@ class ValidKernels:
         )
         return cols
 
-    def apply_acc(self, images, Z, alpha=1.0, beta=0.0, *, prev=None, post=None):
+    def apply_acc(
+        self, images, Z, alpha=1.0, beta=0.0, *, prev=None, post=None, adjoint=None
+    ):
         """``Z <- alpha 𝒦 images + beta Z``; ``Z`` of shape (N * n_positions, m).
 
         With ``prev`` (of ``Z``'s shape) ``Z <- alpha 𝒦 images + beta prev``,
         and ``post(start, stop)`` is called on every finished range of rows of
         ``Z``: both run on one tile at a time, while it is in cache, instead of
         as passes over the whole dual (see ``_chambolle_pock.apply_update``).
+        With ``adjoint=(canvas, gamma)``, ``canvas += gamma 𝒦^T Z`` follows,
+        also per tile after ``post``: the dual is then read once per layer,
+        not twice (``canvas`` must not be ``images``).
         """
         KT = (alpha * self.K).T
         windows = self._windows(images)
@@ -208,10 +213,24 @@ class ValidKernels:
             if post is not None:
                 post(start, stop)
 
-        _run(tile_apply, self._tiles(len(images)), self.n_threads)
+        if adjoint is None:
+            _run(tile_apply, self._tiles(len(images)), self.n_threads)
+            return
+        canvas, gamma = adjoint
+        tile_adjoint = self._tile_adjoint(Z, canvas, gamma)
+
+        def tile_both(tile, scratch):
+            tile_apply(tile, scratch)
+            tile_adjoint(tile, scratch)
+
+        self._run_adjoint(tile_both, len(canvas))
 
     def adjoint_add(self, Y, canvas, alpha=1.0):
         """``canvas += alpha 𝒦^T Y``; ``canvas`` of shape (N, H, W)."""
+        self._run_adjoint(self._tile_adjoint(Y, canvas, alpha), len(canvas))
+
+    def _tile_adjoint(self, Y, canvas, alpha):
+        """The tile's share of ``canvas += alpha 𝒦^T Y``, as ``f(tile, scratch)``."""
         p, Wg = self.p, self.grid[1]
         KT = (alpha * self.K).T
 
@@ -253,19 +272,24 @@ class ValidKernels:
                     at = (i0 + u) * W + v
                     flat[at : at + n_add] += T[u * p + v, :n_add]
 
-        tiles = self._tiles(len(canvas))
+        return tile_adjoint
+
+    def _run_adjoint(self, function, n_images):
+        """``_run`` for tiles that add into the canvas: overlapping ones apart."""
+        p = self.p
+        tiles = self._tiles(n_images)
         if len(tiles) > 1 and tiles[0][1] - tiles[0][0] == 1 and self.n_threads > 1:
             # Bands of one image overlap by p - 1 rows: every other band at a
             # time writes disjoint rows (bands are at least p - 1 rows high,
             # else the threads wait on one another through a single wave).
             rows = tiles[0][3] - tiles[0][2]
             if rows >= p - 1:
-                _run(tile_adjoint, tiles[0::2], self.n_threads)
-                _run(tile_adjoint, tiles[1::2], self.n_threads)
+                _run(function, tiles[0::2], self.n_threads)
+                _run(function, tiles[1::2], self.n_threads)
                 return
-            _run(tile_adjoint, tiles, 1)
+            _run(function, tiles, 1)
             return
-        _run(tile_adjoint, tiles, self.n_threads)
+        _run(function, tiles, self.n_threads)
 
     def weight_grad_acc(self, Y, images, out, alpha=1.0):
         """``out += alpha Y^T C(images)``; ``out`` of shape (m, p * p)."""

@@ -238,23 +238,36 @@ class ConvolutionalOperator:
         if target is not out:
             out[...] = target
 
-    def apply_update(self, X, out, alpha, beta, prev=None, post=None):
+    def apply_update(self, X, out, alpha, beta, prev=None, post=None, adjoint=None):
         """``out <- alpha 𝒦 X + beta prev`` (``prev=None``: ``out``), then ``post``.
 
         ``post(start, stop)`` is called on every finished range of the flat
         ``out`` (``out.reshape(-1)[start:stop]``).  The copy of ``prev`` and
         ``post`` run per tile of the banded kernels, in cache: the solver's
         dual update and prox then cost no extra pass over the dual (see
-        :func:`sklearn_ergo._chambolle_pock.apply_update`).
+        :func:`sklearn_ergo._chambolle_pock.apply_update`).  With
+        ``adjoint=(primal, gamma)``, ``primal += gamma 𝒦^T out`` follows,
+        per tile too where the boundary is valid.
         """
-        if _writable(out) is not out:
+        fused = (
+            adjoint is not None
+            and self.boundary == "valid"
+            and _writable(adjoint[0]) is adjoint[0]
+            and adjoint[0].dtype == out.dtype
+        )
+        if _writable(out) is not out or (adjoint is not None and not fused):
             if prev is not None and beta != 0.0:
                 out[...] = prev
             self.apply_acc(X, out, alpha, beta)
             if post is not None:
                 post(0, out.size)
+            if adjoint is not None:
+                self.adjoint_acc(out, adjoint[0], adjoint[1], 1.0)
             return
         m = self.n_filters
+        if fused:
+            primal, gamma = adjoint
+            adjoint = (primal.reshape(-1, *self.image_shape), gamma)
         self._kernel(out.dtype).apply_acc(
             self._images(X, out.dtype),
             out.reshape(-1, m),
@@ -262,6 +275,7 @@ class ConvolutionalOperator:
             beta,
             prev=None if prev is None else prev.reshape(-1, m),
             post=None if post is None else lambda i, j: post(i * m, j * m),
+            adjoint=adjoint,
         )
 
     def adjoint_acc(self, Y, out, alpha=1.0, beta=0.0):

@@ -134,6 +134,40 @@ def test_fused_products_match_plain(p, tile_positions, n_threads, boundary, dtyp
     np.testing.assert_allclose(out, op.weight_grad(Y, X), **tol(dtype))
 
 
+def _clipper(dual):
+    """``post`` that clips a range of the flat ``dual`` to [-1, 1]."""
+    flat = dual.reshape(-1)
+
+    def clip(start, stop):
+        np.clip(flat[start:stop], -1, 1, out=flat[start:stop])
+
+    return clip
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("p, tile_positions, n_threads", PATHS)
+def test_dual_step_with_adjoint(p, tile_positions, n_threads, boundary, dtype):
+    # The solver's dual step with the primal product fused in: per tile, in
+    # two waves where bands of one image overlap (valid), or after (periodic,
+    # and a primal BLAS cannot write in place).
+    rng = np.random.default_rng(11)
+    K = rng.standard_normal((5, p * p)).astype(dtype)
+    op = ConvolutionalOperator(
+        K, (H, W), p, boundary, n_threads=n_threads, tile_positions=tile_positions
+    )
+    X = rng.standard_normal((N, H * W)).astype(dtype)
+    prev = rng.standard_normal((N, op.n_dual)).astype(dtype)
+    start = rng.standard_normal(X.shape).astype(dtype)
+    dual_ref = np.clip(-0.7 * op.apply(X) + 0.3 * prev, -1, 1)
+    primal_ref = start + 0.5 * op.adjoint(dual_ref)
+    for primal in (start.copy(), np.asfortranarray(start)):
+        dual = np.empty_like(prev)
+        op.apply_update(X, dual, -0.7, 0.3, prev, _clipper(dual), (primal, 0.5))
+        np.testing.assert_allclose(dual, dual_ref, **tol(dtype))
+        np.testing.assert_allclose(primal, primal_ref, **tol(dtype))
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_weight_grad_finite_differences(boundary, n_threads):
