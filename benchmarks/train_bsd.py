@@ -26,11 +26,6 @@ model starts with the log shape (the same model) and learns its shape; a
 ``--patch-size`` above the model's puts its filters in the centre of larger
 supports.
 
-``--context C`` cuts every crop with ``C`` more pixels of the image on each
-side, which the loss does not score: the scored pixels near a crop's edge
-then see the image around them, as in a whole image, not the crop's mirrored
-padding.
-
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25 \
         --resume
@@ -90,12 +85,6 @@ def main(argv=None):
     )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument(
-        "--context",
-        type=int,
-        default=0,
-        help="pixels of image around every crop, seen but not scored by the loss",
-    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--final-lr-fraction", type=float, default=0.01)
@@ -174,7 +163,6 @@ def main(argv=None):
             n_steps=args.steps,
             batch=args.batch,
             crop=args.crop,
-            context=args.context,
             learning_rate=args.lr,
             final_lr_fraction=args.final_lr_fraction,
             validate_every=args.validate_every,

@@ -11,10 +11,9 @@ validation PSNR are kept.
 
 The model is any object with
 
-- ``loss_grad(params, noisy, clean, border) -> (loss, grads)``: ``params``
-  and ``grads`` are dicts of arrays of the same shapes, ``noisy`` and
-  ``clean`` are ``(N, H, W)`` crops padded by ``model.pad`` pixels on each
-  side, and the loss leaves out the ``border >= model.pad`` outer pixels;
+- ``loss_grad(params, noisy, clean) -> (loss, grads)``: ``params`` and
+  ``grads`` are dicts of arrays of the same shapes, ``noisy`` and ``clean``
+  are ``(N, H, W)`` crops padded by ``model.pad`` pixels on each side;
 - ``denoise(params, images) -> images`` for ``(N, H, W)`` images;
 - ``pad`` (int), ``positive`` (the keys of parameters that must stay
   positive: they are optimised through their logarithm), ``settings()`` (a
@@ -230,8 +229,7 @@ class ImageModel:
             "scale": self.scale,
         }
 
-    def loss_grad(self, params, noisy, clean, border=None):
-        """Loss and gradients on padded crops, ``border`` pixels left out (``pad``)."""
+    def loss_grad(self, params, noisy, clean):
         den, a = self.denoiser, self.scale
         noisy = a * noisy
         # At scale 1 the images are the training images themselves, in [0, 1].
@@ -241,7 +239,7 @@ class ImageModel:
             params,
             noisy + shift,
             a * clean + shift,
-            border=self.pad if border is None else border,
+            border=self.pad,
             n_jobs=den.n_jobs,
         )
         return loss / a**2, {k: g / a**2 for k, g in grads.items()}
@@ -439,7 +437,6 @@ def train(
     n_steps,
     batch=64,
     crop=64,
-    context=0,
     learning_rate=0.01,
     final_lr_fraction=0.01,
     validate_every=100,
@@ -469,15 +466,7 @@ def train(
     n_steps : int
         Length of the learning-rate schedule: the run ends there.
     batch, crop : int
-        Crops per step and the size that the loss scores.
-    context : int, default=0
-        Pixels of the image around every crop that the loss does not score:
-        crops are cut ``crop + 2 context`` wide, padded by ``model.pad`` and
-        scored on their central ``crop x crop``.  Scored pixels near a crop's
-        edge then see the image, as they do inside a whole image, instead of
-        the crop's mirrored padding (on 40x40 Train400 crops the shipped
-        model scored 0.21 dB less alone than inside the image, 0.003 dB less
-        with 4 pixels of context).
+        Crops per step and their size (before padding by ``model.pad``).
     learning_rate, final_lr_fraction : float
         Adam's step on the scaled parameters (see
         :class:`~sklearn_ergo._optim.ParameterVector`) decays
@@ -505,28 +494,22 @@ def train(
     -------
     TrainingResult
     """
-    if context < 0:
-        raise ValueError(f"context must be >= 0, got {context}.")
     config = _config(
         model,
         noise_std=noise_std,
         n_steps=n_steps,
         batch=batch,
         crop=crop,
-        # Named only when used: checkpoints without context stay resumable.
-        **({"context": context} if context else {}),
         learning_rate=learning_rate,
         final_lr_fraction=final_lr_fraction,
         seed=seed,
         val_seed=val_seed,
         dtype=np.dtype(dtype).name,
     )
-    size = crop + 2 * context
-    small = [im.shape for im in train_images if min(im.shape) < size]
+    small = [im.shape for im in train_images if min(im.shape) < crop]
     if small:
         raise ValueError(
-            f"training images must be at least {size}x{size} (crop + 2 context), "
-            f"got {small[0]}."
+            f"training images must be at least {crop}x{crop}, got {small[0]}."
         )
     run = _Run(model, train_images, val_images, config, checkpoint, dtype, log)
     state = run.resume() if resume else run.start(seed)
@@ -587,14 +570,10 @@ class _Run:
         ]
         return float(np.mean(scores))
 
-    @property
-    def border(self):
-        """Outer pixels of a drawn crop that the loss leaves out."""
-        return self.model.pad + self.config.get("context", 0)
-
     def draw(self, rng):
-        size = self.config["crop"] + 2 * self.config.get("context", 0)
-        clean = random_crops(self.train_images, self.config["batch"], size, rng)
+        clean = random_crops(
+            self.train_images, self.config["batch"], self.config["crop"], rng
+        )
         noisy = clean + self.noise_std * rng.standard_normal(clean.shape)
         # Symmetric padding, as the model pads whole images when denoising.
         w = ((0, 0), (self.model.pad,) * 2, (self.model.pad,) * 2)
@@ -661,7 +640,6 @@ class _Run:
             {k: v.astype(dtype) for k, v in params.items()},
             noisy.astype(dtype),
             clean.astype(dtype),
-            self.border,
         )
         if not np.isfinite(loss):
             raise FloatingPointError(

@@ -180,11 +180,11 @@ class Interrupting:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def loss_grad(self, params, noisy, clean, border):
+    def loss_grad(self, params, noisy, clean):
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
-        return self.model.loss_grad(params, noisy, clean, border)
+        return self.model.loss_grad(params, noisy, clean)
 
 
 def test_interrupt_saves_the_last_finished_step(tmp_path):
@@ -219,40 +219,6 @@ def test_resume_refuses_other_settings(tmp_path):
             resume=True,
             **{**KW, "batch": 3},
         )
-
-
-class Recording:
-    """The tiny model, keeping the crops and border of every gradient."""
-
-    def __init__(self):
-        self.model, self.calls = tiny_model(), []
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def loss_grad(self, params, noisy, clean, border):
-        self.calls.append((noisy, clean, border))
-        return self.model.loss_grad(params, noisy, clean, border)
-
-
-def test_context_is_cut_around_the_crops_and_not_scored(tmp_path):
-    plain, framed = Recording(), Recording()
-    it.train(plain, TRAIN, VAL, log=quiet, **KW)
-    it.train(
-        framed, TRAIN, VAL, log=quiet, checkpoint=tmp_path / "f.npz", context=3, **KW
-    )
-    pad = plain.model.pad
-    for (noisy, clean, border), size in [(plain.calls[0], 8), (framed.calls[0], 14)]:
-        assert noisy.shape == clean.shape == (2, size + 2 * pad, size + 2 * pad)
-        assert border == pad + (size - 8) // 2
-    with pytest.raises(ValueError, match="other settings.*context"):
-        it.train(
-            tiny_model(), TRAIN, VAL, checkpoint=tmp_path / "f.npz", resume=True, **KW
-        )
-    with pytest.raises(ValueError, match="at least 26x26 \\(crop \\+ 2 context\\)"):
-        it.train(tiny_model(), TRAIN, VAL, log=quiet, context=9, **KW)
-    with pytest.raises(ValueError, match="context must be >= 0"):
-        it.train(tiny_model(), TRAIN, VAL, log=quiet, context=-1, **KW)
 
 
 def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
@@ -369,10 +335,6 @@ def test_scaled_loss_is_the_loss_of_the_output_in_image_units():
     out = model.denoise(start, noisy, pad=False)[:, 2:-2, 2:-2]
     expected = 0.5 * np.sum((out - clean[:, 2:-2, 2:-2]) ** 2) / len(noisy)
     assert loss == pytest.approx(expected, rel=1e-10)
-    # A wider border (context) scores only the centre.
-    loss = model.loss_grad(start, noisy, clean, border=3)[0]
-    expected = 0.5 * np.sum((out[:, 1:-1, 1:-1] - clean[:, 3:-3, 3:-3]) ** 2)
-    assert loss == pytest.approx(expected / len(noisy), rel=1e-10)
     d = rng.standard_normal(start["K"].shape)
     h = 1e-6
     fd = (
