@@ -336,13 +336,13 @@ def _writable(out):
     return np.empty(out.shape, dtype=np.result_type(out.dtype, np.float32))
 
 
-def pad_images(images, patch_size):
-    """Symmetric padding by ``p - 1`` on each side of ``(N, H, W)`` images.
+def pad_images(images, patch_size, times=1):
+    """Symmetric padding by ``times (p - 1)`` on each side of ``(N, H, W)`` images.
 
-    Border pixels then lie in as many patches as interior ones under the
-    valid convolution; training crops go through the same padding.
+    With ``p - 1``, border pixels lie in as many patches as interior ones
+    under the valid convolution; training crops are padded so.
     """
-    w = patch_size - 1
+    w = times * (patch_size - 1)
     return np.pad(images, ((0, 0), (w, w), (w, w)), mode="symmetric")
 
 
@@ -384,12 +384,20 @@ def images_loss_grad(umap, params, noisy, clean, *, border=0, n_jobs=None):
     )
 
 
+#: Whole images are padded by ``DENOISE_PADDING (p - 1)`` pixels: the
+#: unrolled map carries information further than one patch, and a border
+#: pixel then sees more mirrored image.  With the shipped model on Set12,
+#: 2 (p - 1) gave +0.012 / +0.019 / +0.026 dB at sigma 15 / 25 / 50 over
+#: p - 1, 3 (p - 1) at most 0.002 dB more (``benchmarks/bench_padding.py``).
+DENOISE_PADDING = 2
+
+
 def denoise_images(umap, params, images, *, pad=True, n_jobs=None):
     """Apply ``umap`` to ``(N, H, W)`` images, padded first with ``pad=True``."""
     p = patch_size_of(params["K"])
-    w = p - 1 if pad else 0
+    w = DENOISE_PADDING * (p - 1) if pad else 0
     if pad:
-        images = pad_images(images, p)
+        images = pad_images(images, p, DENOISE_PADDING)
     N, H, W = images.shape
     out = on_images(umap, (H, W), p).apply(
         params, images.reshape(N, H * W), n_jobs=n_jobs

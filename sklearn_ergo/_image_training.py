@@ -575,7 +575,7 @@ class _Run:
             self.train_images, self.config["batch"], self.config["crop"], rng
         )
         noisy = clean + self.noise_std * rng.standard_normal(clean.shape)
-        # Symmetric padding, as the model pads whole images when denoising.
+        # Symmetric padding by p - 1 (whole images get more when denoised).
         w = ((0, 0), (self.model.pad,) * 2, (self.model.pad,) * 2)
         return np.pad(noisy, w, mode="symmetric"), np.pad(clean, w, mode="symmetric")
 

@@ -187,6 +187,18 @@ def test_border_scores_only_the_returned_pixels():
     )
 
 
+def test_whole_images_are_padded_twice_the_patch_overlap():
+    """``denoise_images`` pads by ``2 (p - 1)``, mirrored, even past the image."""
+    K, noisy, _, _ = _problem(seed=5, shape=(2, 6, 5))  # p = 3: pad by 4
+    umap = _map(4)
+    out = denoise_images(umap, {"K": K}, noisy)
+    padded = np.pad(noisy, ((0, 0), (4, 4), (4, 4)), mode="symmetric")
+    expected = denoise_images(umap, {"K": K}, padded, pad=False)[:, 4:-4, 4:-4]
+    np.testing.assert_array_equal(out, expected)
+    tiny = noisy[:, :3, :2]  # smaller than the padding
+    assert denoise_images(umap, {"K": K}, tiny).shape == tiny.shape
+
+
 def test_loss_weights_are_checked():
     K, noisy, clean, _ = _problem()
     X, Y = noisy.reshape(3, -1), clean.reshape(3, -1)

@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
+import sklearn_ergo._convolutional as convolutional
 from sklearn_ergo import (
     load_denoiser,
     unrolled_denoise,
@@ -76,7 +77,13 @@ def test_convolutional_models(reference, unroll):
         _close(grads["eps"], reference[f"{key}/grad_eps"])
 
 
-def test_convolutional_huber_and_denoise(reference):
+@pytest.fixture
+def padding_of_74a8ed7(monkeypatch):
+    """Whole images padded by ``p - 1``, as 74a8ed7 did (today: 2 (p - 1))."""
+    monkeypatch.setattr(convolutional, "DENOISE_PADDING", 1)
+
+
+def test_convolutional_huber_and_denoise(reference, padding_of_74a8ed7):
     K, eps, noisy, clean = ref_cases.conv_inputs()
     loss, grads = images_loss_grad(_conv_map(Huber(0.02)), {"K": K}, noisy, clean)
     _close(loss, reference["conv/huber/loss"])
@@ -96,7 +103,7 @@ def test_fit_on_demo_data(reference, solver):
 
 
 @pytest.mark.parametrize("sigma, level", [(15, 15), (20, 25), (50, 50)])
-def test_denoise_image(reference, sigma, level):
+def test_denoise_image(reference, sigma, level, padding_of_74a8ed7):
     """The models that ``denoise_image`` of 74a8ed7 chose, run by today's code."""
     clean, noise = ref_cases.reference_image()
     model = load_denoiser(DATA / "pretrained_74a8ed7" / f"sigma{level}.npz")
