@@ -2,10 +2,12 @@
 
 The shipped model is trained by ``benchmarks/train_bsd.py`` on the 400
 Train400 images at sigma = 25/255, with Set12 as the validation set: 48
-filters of 5x5 per stage, two reweighted stages of 20 iterations each; 6500
-steps with the log penalty (``benchmarks/runs/sigma25-48x5/``), then 1500
-with its shape learned too (``penalty="shaped_log"``,
-``benchmarks/runs/ft25-shaped_log/``: the command, the log and the model).
+filters of 7x7 per stage, two reweighted stages of 20 iterations each.  It
+grew from 5x5 filters: 6500 steps with the log penalty
+(``benchmarks/runs/sigma25-48x5/``), 1500 with its shape learned too
+(``penalty="shaped_log"``, ``benchmarks/runs/ft25-shaped_log/``), then 4000
+with the filters in 7x7 supports (``benchmarks/runs/sigma25-48x7-shaped/``:
+the command, the log and the model of each).
 """
 
 from importlib import resources
@@ -21,8 +23,8 @@ from ._noise import estimate_sigma
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
 #: shipped models.  One model serves every level: rescaled, the Train400
 #: sigma = 25 model beats the per-level models shipped before it (trained on
-#: nine pictures) on Set12 by 0.64-0.85 dB at 5, 10, 15 and 50, and
-#: fine-tuning it at a level gains little (benchmarks/bench_sigma.py,
+#: nine pictures) on Set12 by 0.65-0.93 dB at 5, 10, 15 and 50, and
+#: fine-tuning at a level gained little (benchmarks/bench_sigma.py,
 #: benchmarks/DENOISE_RESULTS.md).
 PRETRAINED_LEVELS = (25,)
 
@@ -117,7 +119,7 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None):
         raise ValueError(
             f"image has shape {planes.data.shape}: with channel_axis=None it is a "
             f"stack of images {planes.data.shape[2]} pixels wide, too narrow for "
-            "the 5x5 filters; for an RGB(A) image pass channel_axis=-1."
+            "the model's filters; for an RGB(A) image pass channel_axis=-1."
         )
     if planes.kind == "stack":
         return np.stack(

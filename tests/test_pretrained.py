@@ -20,7 +20,7 @@ def test_shipped_models(level):
     assert den.noise_std_ == pytest.approx(level / 255)
     # The Train400 model: per-stage filters, two stages of the shaped log penalty.
     assert den.penalty == "shaped_log" and den.per_stage and den.n_stages == 2
-    assert den.components_.shape == (2, 48, 25) and den.eps_.shape == (2, 48)
+    assert den.components_.shape == (2, 48, 49) and den.eps_.shape == (2, 48)
     assert den.shape_.shape == (2, 48, 8)
 
 
