@@ -97,16 +97,21 @@ def test_kernels_match_dense_operator(p, tile_positions, n_threads, boundary, dt
     )
 
 
+def random_problem(rng, p, tile_positions, n_threads, boundary, dtype):
+    """Five random filters, their operator on one tile path, and images."""
+    K = rng.standard_normal((5, p * p)).astype(dtype)
+    op = ConvolutionalOperator(
+        K, (H, W), p, boundary, n_threads=n_threads, tile_positions=tile_positions
+    )
+    return K, op, rng.standard_normal((N, H * W)).astype(dtype)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("p, tile_positions, n_threads", PATHS[:1] + PATHS[3:5])
 def test_fused_products_match_plain(p, tile_positions, n_threads, boundary, dtype):
     rng = np.random.default_rng(7)
-    K = rng.standard_normal((5, p * p)).astype(dtype)
-    op = ConvolutionalOperator(
-        K, (H, W), p, boundary, n_threads=n_threads, tile_positions=tile_positions
-    )
-    X = rng.standard_normal((N, H * W)).astype(dtype)
+    K, op, X = random_problem(rng, p, tile_positions, n_threads, boundary, dtype)
     Y = rng.standard_normal((N, op.n_dual)).astype(dtype)
     alpha = -0.7
     for beta in [0.0, 1.0, 0.3]:
@@ -152,11 +157,7 @@ def test_dual_step_with_adjoint(p, tile_positions, n_threads, boundary, dtype):
     # two waves where bands of one image overlap (valid), or after (periodic,
     # and a primal BLAS cannot write in place).
     rng = np.random.default_rng(11)
-    K = rng.standard_normal((5, p * p)).astype(dtype)
-    op = ConvolutionalOperator(
-        K, (H, W), p, boundary, n_threads=n_threads, tile_positions=tile_positions
-    )
-    X = rng.standard_normal((N, H * W)).astype(dtype)
+    _, op, X = random_problem(rng, p, tile_positions, n_threads, boundary, dtype)
     prev = rng.standard_normal((N, op.n_dual)).astype(dtype)
     start = rng.standard_normal(X.shape).astype(dtype)
     dual_ref = np.clip(-0.7 * op.apply(X) + 0.3 * prev, -1, 1)
