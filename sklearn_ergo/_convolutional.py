@@ -386,9 +386,10 @@ def images_loss_grad(umap, params, noisy, clean, *, border=0, n_jobs=None):
 
 #: Whole images are padded by ``DENOISE_PADDING (p - 1)`` pixels: the
 #: unrolled map carries information further than one patch, and a border
-#: pixel then sees more mirrored image.  With the shipped model on Set12,
-#: 2 (p - 1) gave +0.012 / +0.019 / +0.026 dB at sigma 15 / 25 / 50 over
-#: p - 1, 3 (p - 1) at most 0.002 dB more (``benchmarks/bench_padding.py``).
+#: pixel then sees more mirrored image.  On Set12, 2 (p - 1) gave the 5x5
+#: model +0.012 / +0.019 / +0.026 dB at sigma 15 / 25 / 50 over p - 1, and
+#: 3 (p - 1) at most 0.002 dB more; the shipped 7x7 model +0.011 dB at
+#: sigma 25, and nothing more (``benchmarks/bench_padding.py``).
 DENOISE_PADDING = 2
 
 
