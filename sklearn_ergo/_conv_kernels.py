@@ -15,7 +15,9 @@ stays in cache:
   the position-major dual rows in place (``beta Z_t`` added after, in cache);
 * adjoint: one product gives ``T_t = (alpha K)^T Y_t^T`` channel-major, and
   ``col2im`` is ``p^2`` shifted adds of whole rows of ``T_t``;
-* weight gradient: ``K += alpha Y_t^T C_t``, one small product per tile.
+* weight gradient: ``K += alpha Y_t^T C_t``, one small product per tile;
+* the solver's dual step: apply, then its update and prox, then (optionally)
+  the adjoint of the finished tile into the primal, all per tile.
 
 Tiles are independent for apply and the weight gradient (one accumulator
 per thread), and tiles whose outputs overlap (the ``p - 1`` halo rows of
