@@ -24,7 +24,7 @@ model's level (as ``denoise`` applies it), so that step 0 is the model as
 it is used at ``--sigma``.  With ``--penalty shaped_log`` a log-penalty
 model starts with the log shape (the same model) and learns its shape; a
 ``--patch-size`` above the model's puts its filters in the centre of larger
-supports.
+supports, and a larger ``--n-stages`` appends copies of its last stage.
 
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25
     python benchmarks/train_bsd.py --data ../shared/data --sigma 25 --out runs/s25 \
@@ -75,7 +75,12 @@ def main(argv=None):
     parser.add_argument(
         "--patch-size", type=int, help="7; with --start: the start model's"
     )
-    parser.add_argument("--n-stages", type=int, default=2)
+    parser.add_argument(
+        "--n-stages",
+        type=int,
+        help="default 2; with --start, the model's, and more append copies of "
+        "its last stage",
+    )
     parser.add_argument("--n-layers", type=int, default=20)
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
     parser.add_argument(
@@ -130,6 +135,7 @@ def main(argv=None):
             args.sigma / 255.0,
             penalty=args.penalty,
             patch_size=args.patch_size,
+            n_stages=args.n_stages,
             n_jobs=args.n_jobs,
         )
     else:
@@ -139,7 +145,7 @@ def main(argv=None):
             args.n_filters,
             args.patch_size,
             args.n_layers,
-            args.n_stages,
+            args.n_stages or 2,
             unroll=args.unroll,
             penalty=args.penalty,
             per_stage=args.per_stage,

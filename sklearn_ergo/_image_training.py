@@ -173,7 +173,14 @@ class ImageModel:
 
     @classmethod
     def from_denoiser(
-        cls, den, noise_std, *, penalty=None, patch_size=None, n_jobs=None
+        cls,
+        den,
+        noise_std,
+        *,
+        penalty=None,
+        patch_size=None,
+        n_stages=None,
+        n_jobs=None,
     ):
         """A model that starts as the fitted ``den`` applied at ``noise_std``.
 
@@ -181,10 +188,19 @@ class ImageModel:
         see the class); parameters of ``penalty`` that ``den`` lacks (the
         shape of ``"shaped_log"`` for a ``"log"`` model) start where the
         model is ``den``, and a larger ``patch_size`` holds its filters in
-        the centre of the larger supports.
+        the centre of the larger supports.  More ``n_stages`` than ``den``'s
+        append stages: one more majorize-minimize step each, with the
+        parameters of its last stage when ``den`` is per-stage (the start
+        is then not ``den``'s output).
         """
         penalty = penalty or den.penalty
         patch_size = patch_size or den.patch_size
+        n_stages = n_stages or den.n_stages
+        if n_stages < den.n_stages:
+            raise ValueError(
+                f"n_stages={n_stages} would drop stages of a {den.n_stages}-stage "
+                "model; only adding stages is supported."
+            )
         start = {"K": centred(den.components_, patch_size)}
         penalty_object = make_penalty(penalty)
         for name in penalty_object.param_names:
@@ -192,11 +208,17 @@ class ImageModel:
             if value is None:
                 value = penalty_object.initial_param(name, den.components_.shape[:-1])
             start[name] = value
+        if den.per_stage and n_stages > den.n_stages:
+            extra = n_stages - den.n_stages
+            start = {
+                k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)])
+                for k, v in start.items()
+            }
         return cls(
             den.components_.shape[-2],
             patch_size,
             den.n_layers,
-            den.n_stages,
+            n_stages,
             unroll=den.unroll,
             penalty=penalty,
             per_stage=den.per_stage,

@@ -323,6 +323,27 @@ def test_from_denoiser_adds_neutral_parameters_and_larger_supports(tmp_path):
         it.ImageModel.from_denoiser(den, 25 / 255, patch_size=2)
 
 
+def test_from_denoiser_appends_copies_of_the_last_stage(tmp_path):
+    model = it.ImageModel(n_filters=3, patch_size=3, n_layers=3, per_stage=True)
+    trained = it.train(model, TRAIN, VAL, log=quiet, **KW).best_params
+    it.save_model(model, trained, 25 / 255, tmp_path / "m.npz")
+    den = load_denoiser(tmp_path / "m.npz")
+    deeper = it.ImageModel.from_denoiser(den, 25 / 255, n_stages=3)
+    assert deeper.denoiser.n_stages == 3
+    for key, value in trained.items():
+        np.testing.assert_array_equal(deeper.start[key][:2], value)
+        np.testing.assert_array_equal(deeper.start[key][2], value[1])
+    # The third stage is one more majorize-minimize step: it changes the output.
+    noisy = it.benchmark_noise(VAL, 25 / 255)[0][None]
+    three = deeper.denoise(deeper.start, noisy)
+    assert three.shape == noisy.shape
+    assert not np.allclose(three, model.denoise(trained, noisy))
+    result = it.train(deeper, TRAIN, VAL, log=quiet, **{**KW, "n_steps": 2})
+    assert result.params["K"].shape == (3, 3, 9)
+    with pytest.raises(ValueError, match="drop stages"):
+        it.ImageModel.from_denoiser(den, 25 / 255, n_stages=1)
+
+
 def test_scaled_loss_is_the_loss_of_the_output_in_image_units():
     start = {"K": 0.3 * np.eye(3, 9, 1) - 0.1 * np.eye(3, 9), "eps": np.full(3, 0.05)}
     model = it.ImageModel(
