@@ -29,10 +29,20 @@ TAPE_BYTES = 16 * 2**20
 # three layers' iterates, kept within a core's L2 cache.
 FORWARD_BYTES = 2 * 2**20
 # Fewest primal values per chunk: below, the per-layer Python overhead and
-# tiny GEMMs dominate (deep unrolls of wide operators have large tapes per
-# sample).  32 patches of 8x8; one image, whose many positions already make
-# large products (its tape can exceed the budget on its own).
+# tiny GEMMs dominate.  32 patches of 8x8; one image, whose many positions
+# already make large products (its tape can exceed the budget on its own).
 _MIN_CHUNK_VALUES = 32 * 64
+# The same when the workers are threads of this process (the default): they
+# queue for the GIL between their short elementwise passes, so their chunks
+# are larger.  With two threads, N = 4096, L = 50 and 64 x 64, 1024 rows
+# instead of the budget's 293 / 512 made a gradient 1.1-1.6x faster
+# (benchmarks/README.md); processes do not share the GIL, and one thread
+# gained nothing, so both keep the budget's chunks.
+_MIN_THREAD_CHUNK_VALUES = 1024 * 64
+# ... but never beyond this tape per chunk (unless one sample's exceeds it):
+# deep unrolls of wide operators have large tapes per sample, and 1024 rows
+# of 256 x 144 at L = 50 (167 MB) were 1.2x slower than 512 on two threads.
+MAX_TAPE_BYTES = 64 * 2**20
 
 
 def workers(n_jobs):
@@ -66,15 +76,19 @@ def chunk_slices(
 
     ``bytes_per_sample`` is the memory a chunk holds per row; chunks get
     ``budget / bytes_per_sample`` rows, but at least enough rows of
-    ``sample_size`` values each for efficient products, unless
+    ``sample_size`` values each for efficient products (more for threaded
+    workers; within :data:`MAX_TAPE_BYTES`, and at least one row), unless
     ``chunk_size`` is given.
     """
     if n_samples == 0:  # the one place empty input is handled: no chunk
         return []
+    n_workers, keywords = workers(n_jobs)
     if chunk_size is None:
-        fewest = -(-_MIN_CHUNK_VALUES // sample_size)
-        chunk_size = max(fewest, budget // max(bytes_per_sample, 1))
-    n_workers = workers(n_jobs)[0]
+        per_row = max(bytes_per_sample, 1)
+        threads = n_workers > 1 and keywords.get("backend") == "threading"
+        values = _MIN_THREAD_CHUNK_VALUES if threads else _MIN_CHUNK_VALUES
+        fewest = min(-(-values // sample_size), MAX_TAPE_BYTES // per_row)
+        chunk_size = max(fewest, budget // per_row, 1)
     n_chunks = max(-(-n_samples // chunk_size), min(n_workers, n_samples))
     # A multiple of the workers, so that none waits for the others' last
     # chunk: 7 chunks on 2 workers take as long as 8.

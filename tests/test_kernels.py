@@ -8,10 +8,10 @@ float32; any chunking and ``n_jobs``.
 import numpy as np
 import pytest
 
-from sklearn_ergo import unrolled_loss_grad
+from sklearn_ergo import _parallel, unrolled_loss_grad
 from sklearn_ergo._chambolle_pock import backward, forward, fused
 from sklearn_ergo._operators import DenseOperator
-from sklearn_ergo._parallel import TAPE_BYTES, chunk_slices
+from sklearn_ergo._parallel import MAX_TAPE_BYTES, TAPE_BYTES, chunk_slices
 from sklearn_ergo._penalties import make_penalty
 from sklearn_ergo._steps import StepSchedule
 from sklearn_ergo._unrolled_map import output_weights
@@ -172,8 +172,8 @@ def test_chunking_and_jobs_do_not_change_the_result():
         np.testing.assert_allclose(other_grad, grad, rtol=1e-10, atol=1e-15)
 
 
-def test_default_chunks_bound_the_tape():
-    """Chunks keep the tape near the budget and give every job work."""
+def test_default_chunks_bound_the_tape(monkeypatch):
+    """Chunks keep the tape bounded, their products large, and every job busy."""
     n_layers, n, m, itemsize = 50, 64, 112, 8
     per_sample = (n_layers + 1) * (n + m) * itemsize
     slices = chunk_slices(100_000, per_sample, n_jobs=2, sample_size=n)
@@ -190,3 +190,11 @@ def test_default_chunks_bound_the_tape():
     # when its tape alone exceeds the budget, never 32 images' tapes.
     image = chunk_slices(5, 3 * TAPE_BYTES, n_jobs=1, sample_size=76 * 76)
     assert [s.stop - s.start for s in image] == [1] * 5
+    # Threads of this process (the default n_jobs=None) get chunks of at
+    # least 1024 rows of 64 values, above the budget, within the cap.
+    threads = (2, {"n_jobs": -1, "backend": "threading"})
+    monkeypatch.setattr(_parallel, "workers", lambda n_jobs: threads)
+    assert len(chunk_slices(4096, f32_sample, n_jobs=None, sample_size=n)) == 4
+    slices = chunk_slices(100_000, per_sample, n_jobs=None, sample_size=n)
+    assert TAPE_BYTES < max(s.stop - s.start for s in slices) * per_sample
+    assert max(s.stop - s.start for s in slices) * per_sample <= MAX_TAPE_BYTES
