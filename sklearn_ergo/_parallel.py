@@ -77,8 +77,9 @@ def chunk_slices(
     ``bytes_per_sample`` is the memory a chunk holds per row; chunks get
     ``budget / bytes_per_sample`` rows, but at least enough rows of
     ``sample_size`` values each for efficient products (more for threaded
-    workers; within :data:`MAX_TAPE_BYTES`, and at least one row), unless
-    ``chunk_size`` is given.
+    workers on samples smaller than that minimum; within
+    :data:`MAX_TAPE_BYTES`, and at least one row), unless ``chunk_size`` is
+    given.
     """
     if n_samples == 0:  # the one place empty input is handled: no chunk
         return []
@@ -86,7 +87,9 @@ def chunk_slices(
     if chunk_size is None:
         per_row = max(bytes_per_sample, 1)
         threads = n_workers > 1 and keywords.get("backend") == "threading"
-        values = _MIN_THREAD_CHUNK_VALUES if threads else _MIN_CHUNK_VALUES
+        # Images (a chunk's minimum in one sample) have long passes already.
+        patches = sample_size < _MIN_CHUNK_VALUES
+        values = _MIN_THREAD_CHUNK_VALUES if threads and patches else _MIN_CHUNK_VALUES
         fewest = min(-(-values // sample_size), MAX_TAPE_BYTES // per_row)
         chunk_size = max(fewest, budget // per_row, 1)
     n_chunks = max(-(-n_samples // chunk_size), min(n_workers, n_samples))

@@ -198,3 +198,6 @@ def test_default_chunks_bound_the_tape(monkeypatch):
     slices = chunk_slices(100_000, per_sample, n_jobs=None, sample_size=n)
     assert TAPE_BYTES < max(s.stop - s.start for s in slices) * per_sample
     assert max(s.stop - s.start for s in slices) * per_sample <= MAX_TAPE_BYTES
+    # Images keep one per chunk: their own positions make long passes.
+    crops = chunk_slices(16, 15 * 2**20, n_jobs=None, sample_size=72 * 72)
+    assert [s.stop - s.start for s in crops] == [1] * 16
