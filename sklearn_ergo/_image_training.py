@@ -189,9 +189,9 @@ class ImageModel:
         shape of ``"shaped_log"`` for a ``"log"`` model) start where the
         model is ``den``, and a larger ``patch_size`` holds its filters in
         the centre of the larger supports.  More ``n_stages`` than ``den``'s
-        append stages: one more majorize-minimize step each, with the
-        parameters of its last stage when ``den`` is per-stage (the start
-        is then not ``den``'s output).
+        append stages, one more majorize-minimize step each (with the
+        parameters of its last stage when ``den`` is per-stage): the start
+        is then not ``den``'s output.
         """
         penalty = penalty or den.penalty
         patch_size = patch_size or den.patch_size
