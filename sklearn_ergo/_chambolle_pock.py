@@ -83,7 +83,19 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
     return out, ((R, Y) if record else None)
 
 
-def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad=None):
+def backward(
+    op,
+    X,
+    tape,
+    steps,
+    penalty,
+    alpha,
+    g,
+    *,
+    on_layer=None,
+    bound_grad=None,
+    shift_grad=None,
+):
     """Exact adjoint of :func:`forward` for an output gradient ``g``.
 
     With ``w^[l] = sigma_l delta_D^[l]``, for ``l = L, ..., 1``::
@@ -108,6 +120,10 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad
         with respect to ``b`` is added to it.  Where ``y^[l]`` sits on a face
         of the box, ``y^[l] = sign(y^[l]) b``, so ``b`` receives the adjoint
         of ``y^[l]``, ``delta_D^[l+1] - tau_l K delta_P^[l]``, times the sign.
+    shift_grad : ndarray of shape (N, m), optional
+        For a penalty centred on targets ``t``
+        (:class:`~sklearn_ergo._penalties.ShiftedWeightedL1`): the gradient
+        with respect to ``t``, ``-sum_l w^[l]``, is added to it.
 
     Returns
     -------
@@ -184,6 +200,12 @@ def backward(op, X, tape, steps, penalty, alpha, g, *, on_layer=None, bound_grad
     op.weight_grad_acc(w_sum, X, grad_D)
     K = op.weights
     sigma_sens = float(np.vdot(K, grad_D)) - c2 * wy
+    shift = getattr(penalty, "shift", None)
+    if shift is not None:
+        # Layer l's pre-prox point holds -sigma_l t.
+        sigma_sens -= _dot(w_sum, shift)
+        if shift_grad is not None:
+            _axpy(w_sum, shift_grad, -1.0)
     tau_sens = -float(np.vdot(K, grad_P)) - pr
     return grad_D, grad_P, sigma_sens, tau_sens
 

@@ -47,6 +47,8 @@ class Penalty:
     param_names = ()
     #: The parameters that must be positive (optimised through their log).
     positive_params = ()
+    #: Whether stages centre their l1 terms on targets (``targets``).
+    shifted = False
 
     def param_shape(self, name, rows):
         """Shape of parameter ``name`` for an operator with ``rows`` (a shape)."""
@@ -154,6 +156,38 @@ class WeightedL1(L1):
         """``out <- (|y| < b)``."""
         np.abs(y, out=out)
         return np.less(out, self.bounds, out=out)
+
+
+class ShiftedWeightedL1(WeightedL1):
+    """``F(u) = sum_j b_j |u_j - t_j|``: a weighted l1 norm centred on ``t``.
+
+    ``F*(y) = <y, t>`` on the box ``|y_j| <= b_j``, so its prox is the box's
+    clip after a shift by ``-sigma t`` and the mask is the box's: the tape
+    stays the dual iterates.  The pre-prox point moves by ``-sigma_l t`` at
+    every layer, so the gradient with respect to ``t`` is ``-sum_l
+    sigma_l delta_D^[l]`` (``shift_grad`` of
+    :func:`~sklearn_ergo._chambolle_pock.backward`).
+    """
+
+    def __init__(self, bounds, shift):
+        super().__init__(bounds)
+        self.shift = shift
+
+    def part(self, start, stop):
+        part = super().part(start, stop)
+        part.shift = self.shift.reshape(-1)[start:stop]
+        return part
+
+    def value(self, u):
+        return float(np.sum(self.bounds * np.abs(u - self.shift)))
+
+    def prox(self, u, tau):
+        return self.shift + super().prox(u - self.shift, tau)
+
+    def prox_conjugate(self, z, sigma, out=None):
+        """``clip(z - sigma t, -b, b)``, in place when ``out is z``."""
+        out = np.subtract(z, sigma * self.shift, out=out)
+        return super().prox_conjugate(out, sigma, out=out)
 
 
 class Huber(L1):
@@ -279,7 +313,7 @@ class ShapedLog(Log):
         return tuple(rows)
 
     def initial_param(self, name, rows):
-        """``shape = 0``: the log penalty."""
+        """Zeros (``shape``, and ``gain`` of a subclass): the log penalty."""
         return np.zeros(self.param_shape(name, rows))
 
     def _segments(self, z, params):
@@ -362,6 +396,83 @@ class ShapedLog(Log):
         return d_z, {"eps": d_eps, "shape": d_a.astype(d_eps.dtype, copy=False)}
 
 
+class ShiftedShapedLog(ShapedLog):
+    """:class:`ShapedLog` stages centred on a learned gain of the previous responses.
+
+    Stage ``s > 1`` penalises ``sum_j w_j |(K x)_j - t_j|`` with the weights
+    of :class:`ShapedLog` and targets ``t = rho_k(u) z`` instead of ``0``,
+    where ``z = K_s x^(s-1)`` and ``u = log(1 + |z| / eps_k)`` as there:
+    ``rho_k`` is piecewise linear between its values (``gain``, one per knot
+    ``u = 0, DELTA, ..., n_segments DELTA`` and constant beyond), learned per
+    filter.  ``gain = 0`` is :class:`ShapedLog`.  A gain near 1 keeps a
+    filter's response where the previous stage put it, above 1 amplifies it,
+    like the non-monotone influence functions of TNRD that a weighted l1
+    stage centred on 0 cannot express.  The stages stay convex problems but
+    are no longer majorize-minimize steps of one energy.
+    """
+
+    param_names = ("eps", "shape", "gain")
+    shifted = True
+
+    def param_shape(self, name, rows):
+        if name == "gain":
+            return (*rows, self.n_segments + 1)
+        return super().param_shape(name, rows)
+
+    def stage_penalty(self, w, t=None):
+        """The convex penalty of a stage: l1 for stage 1, else centred on ``t``."""
+        return L1() if w is None else ShiftedWeightedL1(w, t)
+
+    def _gain(self, z, params):
+        """As rows ``(-1, m)``: ``|z|``, the gain ``rho``, its slope in ``u``,
+        the flat index of each one's left knot and its fraction ``f`` of the
+        way to the next (1 beyond the last)."""
+        t, _, x, flat = self._segments(z, params)
+        h = self.knot_spacing
+        flat += flat // self.n_segments  # into the (m, n + 1) knots
+        v = params["gain"].ravel()
+        f = np.multiply(x, 1.0 / h)
+        np.minimum(f, 1.0, out=f)
+        left, right = np.take(v, flat), np.take(v, flat + 1)
+        slope = np.subtract(right, left)
+        rho = slope * f
+        rho += left
+        slope *= (f < 1.0) / h
+        return t, rho, slope, flat, f
+
+    def targets(self, z, params):
+        """``t = rho(u) z`` at ``z``, new array, by blocks of rows."""
+        m = len(params["eps"])
+        out = np.empty_like(z)
+        rows, z_rows = out.reshape(-1, m), z.reshape(-1, m)
+        step = max(1, _BLOCK // m)
+        for start in range(0, len(z_rows), step):
+            block = slice(start, start + step)
+            rho = self._gain(z_rows[block], params)[1]
+            np.multiply(rho, z_rows[block], out=rows[block])
+        return out
+
+    def targets_vjp(self, z, params, d_t):
+        """Pull ``d_t`` back through :meth:`targets`.
+
+        ``dt/dz = rho + rho'(u) |z| / (eps + |z|)``, ``dt/deps = -rho'(u) z
+        |z| / (eps (eps + |z|))``; the knot values enter linearly, with
+        ``(1 - f) z`` and ``f z``.  Returns ``d_z`` and ``{"eps", "gain"}``.
+        """
+        eps = params["eps"]
+        m, n = params["gain"].shape
+        t, rho, slope, flat, f = self._gain(z, params)
+        z_rows, g = z.reshape(-1, m), d_t.reshape(-1, m)
+        ratio = t / (eps + t)
+        d_z = (g * (rho + slope * ratio)).reshape(z.shape)
+        d_eps = -np.sum(g * slope * z_rows * ratio, axis=0) / eps
+        gz = g * z_rows
+        d_gain = np.bincount(flat.ravel(), (gz * (1.0 - f)).ravel(), m * n)
+        d_gain += np.bincount(flat.ravel() + 1, (gz * f).ravel(), m * n)
+        d_gain = d_gain.reshape(m, n).astype(d_eps.dtype, copy=False)
+        return d_z, {"eps": d_eps, "gain": d_gain}
+
+
 class SquaredL2:
     """``G(r) = ||r||^2 / 2``, the data term of the denoiser (on the residual)."""
 
@@ -377,7 +488,13 @@ class SquaredL2:
 
 
 #: The penalties an estimator's ``penalty`` string names.
-PENALTIES = {"l1": L1, "huber": Huber, "log": Log, "shaped_log": ShapedLog}
+PENALTIES = {
+    "l1": L1,
+    "huber": Huber,
+    "log": Log,
+    "shaped_log": ShapedLog,
+    "shifted_log": ShiftedShapedLog,
+}
 
 
 def make_penalty(penalty, *, huber_eps=0.01):

@@ -197,19 +197,23 @@ class UnrolledMap:
         x, tapes = None, []
         for s, stage in enumerate(stages):
             op = self.operator(stage.K)
-            penalty, z, w = self.penalty, None, None
+            penalty, z, w, t = self.penalty, None, None, None
             if self.penalty.reweighted:
+                centre = ()
                 if s:
                     z = op.apply(x)
-                    w = self.penalty.weights(z, _cast(stage.params, X.dtype))
+                    params = _cast(stage.params, X.dtype)
                     # A penalty that computes in float64 must not make the
                     # float32 solver mix precisions (its buffers are float32).
-                    w = w.astype(X.dtype, copy=False)
-                penalty = self.penalty.stage_penalty(w)
+                    w = self.penalty.weights(z, params).astype(X.dtype, copy=False)
+                    if self.penalty.shifted:
+                        t = self.penalty.targets(z, params)
+                        centre = (t.astype(X.dtype, copy=False),)
+                penalty = self.penalty.stage_penalty(w, *centre)
             x_in = x
             x, tape = forward(op, X, stage.steps, penalty, self.alpha, record=record)
             if record:
-                tapes.append((x_in, z, w, tape))
+                tapes.append((x_in, z, w, penalty, tape))
         return x, tapes
 
     def backward(self, stages, X, tapes, g, *, on_layer=None):
@@ -222,12 +226,12 @@ class UnrolledMap:
         out = [None] * len(stages)
         for s in reversed(range(len(stages))):
             stage = stages[s]
-            x_in, z, w, tape = tapes[s]
+            x_in, z, w, penalty, tape = tapes[s]
             op = self.operator(stage.K)
-            penalty = self.penalty
-            if self.penalty.reweighted:
-                penalty = self.penalty.stage_penalty(w)
             bound_grad = None if w is None else np.zeros_like(w)
+            shift_grad = None
+            if w is not None and self.penalty.shifted:
+                shift_grad = np.zeros_like(w)
             grad_D, grad_P, sigma_sens, tau_sens = backward(
                 op,
                 X,
@@ -238,6 +242,7 @@ class UnrolledMap:
                 g,
                 on_layer=on_layer,
                 bound_grad=bound_grad,
+                shift_grad=shift_grad,
             )
             grad_D -= grad_P
             grads = {"K": grad_D}
@@ -252,6 +257,11 @@ class UnrolledMap:
                 d_z, d_params = self.penalty.weights_vjp(z, w, params, bound_grad)
                 d_z = d_z.astype(X.dtype, copy=False)
                 grads.update(d_params)
+                if shift_grad is not None:
+                    d_zt, d_params = self.penalty.targets_vjp(z, params, shift_grad)
+                    d_z += d_zt
+                    for name, value in d_params.items():
+                        grads[name] = grads[name] + value
                 grads["K"] += op.weight_grad(d_z, x_in)
                 g = op.adjoint(d_z)
             out[s] = (grads, sigma_sens, tau_sens)

@@ -174,7 +174,7 @@ def _record_layers(umap, K, X_noisy, X_clean, kernel_rtol=None, chunk_size=None)
         X = X_noisy[s]
         X_hat, tapes = umap.forward([stage], X, record=True)
         g = (X_hat - X_clean[s]) / n_samples
-        R, Y = tapes[0][3]
+        R, Y = tapes[0][-1]
 
         def on_layer(l, delta_P, delta_D, X=X, R=R, Y=Y):
             i = l - 1

@@ -9,7 +9,14 @@ from sklearn_ergo._chambolle_pock import backward, forward
 from sklearn_ergo._convolutional import denoise_images, images_loss_grad, on_images
 from sklearn_ergo._init import initial_filters
 from sklearn_ergo._operators import DenseOperator
-from sklearn_ergo._penalties import L1, Log, ShapedLog, WeightedL1
+from sklearn_ergo._penalties import (
+    L1,
+    Log,
+    ShapedLog,
+    ShiftedShapedLog,
+    ShiftedWeightedL1,
+    WeightedL1,
+)
 from sklearn_ergo._steps import AcceleratedSteps, constant_steps
 from sklearn_ergo._unrolled_map import UnrolledMap, output_weights
 
@@ -345,6 +352,135 @@ def test_shaped_log_parameters_are_checked():
         denoise_images(umap, {"K": K, "eps": eps, "shape": bad}, noisy)
 
 
+# -- stages centred on a learned gain of the previous responses ----------------------
+def _gain(rng, rows, scale=0.8):
+    return scale * rng.standard_normal((*rows, ShiftedShapedLog.n_segments + 1))
+
+
+def test_shifted_weighted_l1_prox_is_the_centred_one():
+    rng = np.random.default_rng(13)
+    b, t, z = rng.uniform(0.1, 2, 6), rng.standard_normal(6), 3 * rng.standard_normal(6)
+    F = ShiftedWeightedL1(b, t)
+    for sigma in (0.3, 1.0, 2.5):
+        y = F.prox_conjugate(z.copy(), sigma)
+        # Moreau: prox_{sigma F*}(z) = z - sigma prox_{F / sigma}(z / sigma).
+        np.testing.assert_allclose(y, z - sigma * F.prox(z / sigma, 1 / sigma))
+        assert np.all(np.abs(y) <= b)
+    np.testing.assert_array_equal(F.active(y, np.empty(6)), np.abs(y) < b)
+    assert F.value(z) == pytest.approx(np.sum(b * np.abs(z - t)))
+    # The solver applies the prox per tile of the dual: a part is the same map.
+    np.testing.assert_array_equal(
+        F.part(2, 5).prox_conjugate(z[2:5].copy(), sigma), y[2:5]
+    )
+
+
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+def test_backward_shift_gradient_matches_finite_differences(unroll):
+    rng = np.random.default_rng(14)
+    K = rng.standard_normal((6, 5))
+    X, target = rng.standard_normal((2, 4, 5))
+    steps = constant_steps(0.3, 0.3, 9)
+    alpha = output_weights(9, unroll)
+    bounds = rng.uniform(0.05, 0.6, size=(4, 6))
+    shift = 0.5 * rng.standard_normal((4, 6))
+    op = DenseOperator(K)
+
+    def loss(t):
+        out = forward(op, X, steps, ShiftedWeightedL1(bounds, t), alpha)[0]
+        return 0.5 * np.sum((out - target) ** 2)
+
+    F = ShiftedWeightedL1(bounds, shift)
+    out, tape = forward(op, X, steps, F, alpha, record=True)
+    grad = np.zeros_like(shift)
+    backward(op, X, tape, steps, F, alpha, out - target, shift_grad=grad)
+    assert np.abs(grad).max() > 0
+    for _ in range(3):
+        assert fd_relative_error(loss, shift, grad, rng, h=1e-7) <= 1e-6
+
+
+def test_shifted_log_at_zero_gain_is_the_shaped_log_penalty():
+    K, eps, noisy, clean, rng = _problem(seed=15)
+    shaped = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
+    gain = np.zeros((4, ShiftedShapedLog.n_segments + 1))
+    one = images_loss_grad(_map(5, 3, penalty=ShapedLog()), shaped, noisy, clean)
+    shifted = images_loss_grad(
+        _map(5, 3, penalty=ShiftedShapedLog()), shaped | {"gain": gain}, noisy, clean
+    )
+    assert shifted[0] == pytest.approx(one[0], rel=1e-13)
+    for name in shaped:
+        np.testing.assert_allclose(shifted[1][name], one[1][name], rtol=1e-10)
+    assert np.abs(shifted[1]["gain"]).max() > 0
+
+
+def test_shifted_log_targets_interpolate_the_gain():
+    rng = np.random.default_rng(16)
+    eps = np.array([0.05, 0.3, 1.0])
+    params = {"eps": eps, "shape": _shape(rng, (3,)), "gain": _gain(rng, (3,))}
+    pen, h = ShiftedShapedLog(), ShiftedShapedLog.knot_spacing
+    # At the knots u = i h, |z| = eps (e^{ih} - 1), the gain is the knot's value;
+    # beyond the last knot it stays the last value.
+    u = h * np.arange(pen.n_segments + 1)
+    for sign in (1.0, -1.0):
+        z = sign * eps * np.expm1(u)[:, None]
+        z[0] = sign * 1e-300  # rho(0) = gain[:, 0]
+        np.testing.assert_allclose(
+            pen.targets(z, params), z * params["gain"].T, rtol=1e-12
+        )
+        far = sign * eps * np.expm1(u[-1] + np.array([[0.5], [7.0]]))
+        np.testing.assert_allclose(
+            pen.targets(far, params), far * params["gain"][:, -1], rtol=1e-12
+        )
+    # Halfway between two knots in u, the mean of their values.
+    z = eps * np.expm1(h * 2.5) * np.ones((1, 3))
+    np.testing.assert_allclose(
+        pen.targets(z, params), z * params["gain"][:, 2:4].mean(axis=1), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+@pytest.mark.parametrize("n_stages", [2, 3])
+def test_shifted_log_gradient_matches_finite_differences(unroll, n_stages, per_stage):
+    K, eps, noisy, clean, rng = _problem(seed=17)
+    umap = _map(6, n_stages, unroll, penalty=ShiftedShapedLog(), per_stage=per_stage)
+    if per_stage:
+        K = np.stack([K * (1 - 0.2 * s) for s in range(n_stages)])
+        eps = np.stack([eps * (1 + 0.5 * s) for s in range(n_stages)])
+    params = {
+        "K": K,
+        "eps": eps,
+        "shape": _shape(rng, eps.shape),
+        "gain": _gain(rng, eps.shape),
+    }
+    loss, grads = images_loss_grad(umap, params, noisy, clean)
+    for name in params:
+
+        def f(v, name=name):
+            return images_loss_grad(umap, params | {name: v}, noisy, clean)[0]
+
+        for _ in range(2):
+            err = fd_relative_error(f, params[name], grads[name], rng, h=1e-7)
+            assert err <= 1e-6, name
+    assert np.abs(grads["gain"]).max() > 0
+    if per_stage:  # stage 1 is the l1 model: no penalty parameter is used
+        assert np.all(grads["gain"][0] == 0.0) and np.all(grads["eps"][0] == 0.0)
+
+
+def test_shifted_log_targets_by_blocks(monkeypatch):
+    import sklearn_ergo._penalties as penalties
+
+    rng = np.random.default_rng(18)
+    z = rng.standard_normal((3, 5 * 4)) * rng.uniform(0, 5, size=(3, 5 * 4))
+    params = {
+        "eps": rng.uniform(0.1, 1, 4),
+        "shape": _shape(rng, (4,)),
+        "gain": _gain(rng, (4,)),
+    }
+    whole = ShiftedShapedLog().targets(z, params)
+    monkeypatch.setattr(penalties, "_BLOCK", 7)
+    np.testing.assert_array_equal(ShiftedShapedLog().targets(z, params), whole)
+
+
 class Float64Log(Log):
     """The log penalty computing its weights in float64 whatever the input."""
 
@@ -352,7 +488,9 @@ class Float64Log(Log):
         return super().weights(z.astype(np.float64), params)
 
 
-@pytest.mark.parametrize("penalty", [Log(), ShapedLog(), Float64Log()])
+@pytest.mark.parametrize(
+    "penalty", [Log(), ShapedLog(), ShiftedShapedLog(), Float64Log()]
+)
 def test_float32_gradient_agrees_with_float64(penalty):
     """In float32 the reweighted stages give the float64 gradient, to its precision.
 
@@ -363,6 +501,8 @@ def test_float32_gradient_agrees_with_float64(penalty):
     params = {"K": K, "eps": eps}
     if "shape" in penalty.param_names:
         params["shape"] = _shape(rng, eps.shape)
+    if "gain" in penalty.param_names:
+        params["gain"] = _gain(rng, eps.shape)
     umap = _map(8, 2, penalty=penalty)
     loss64, g64 = images_loss_grad(umap, params, noisy, clean)
     loss32, g32 = images_loss_grad(
