@@ -113,7 +113,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     n_layers : int, default=30
         Unrolled iterations.
     unroll : {"last", "ergodic"}, default="last"
-    penalty : {"l1", "huber", "log", "shaped_log"}, default="l1"
+    penalty : {"l1", "huber", "log", "shaped_log", "shifted_log"}, default="l1"
         ``F``: the l1 norm, its Huber smoothing, or (convolutional only) the
         non-convex ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned
         scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
@@ -121,7 +121,10 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         it penalises large filter
         responses (edges) less than small ones (noise).  ``"shaped_log"``
         also learns the shape of each filter's concave penalty (``shape_``;
-        ``docs/math.md``, section 6), starting from the log penalty.  A
+        ``docs/math.md``, section 6), starting from the log penalty;
+        ``"shifted_log"`` also centres each later stage's l1 term on a
+        learned gain of the previous stage's responses (``gain_``; section
+        6), starting from zero gains (``"shaped_log"``).  A
         log model is best started from the filters of a trained l1 model
         (``init``); the shipped model, ``"shaped_log"`` with per-stage
         filters, was trained on Train400 by ``benchmarks/train_bsd.py``.
@@ -132,13 +135,15 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         another penalty; their common weight (and, for ``penalty="log"``,
         the scale of ``eps``) is tuned before learning.
     n_stages : int, default=2
-        Reweighted stages of ``penalty="log"`` or ``"shaped_log"``
+        Reweighted stages of ``penalty="log"``, ``"shaped_log"`` or
+        ``"shifted_log"``
         (``n_stages`` times the cost of the l1 model); ignored otherwise.
     per_stage : bool, default=False
         Give every reweighted stage its own filters and scales ``eps`` (like
         the time-dependent filters of TNRD), all starting from the same
         initial model; ``components_`` and ``eps_`` then have a leading axis
-        of ``n_stages``.  Only with ``penalty="log"`` or ``"shaped_log"``.
+        of ``n_stages``.  Only with a reweighted penalty (``"log"``,
+        ``"shaped_log"``, ``"shifted_log"``).
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training
         images (float units, images in ``[0, 1]``).  Ignored when ``fit``
@@ -185,11 +190,16 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         PSNR (dB) on a fixed held-out draw (other noise, other crops) after
         every draw; the best operator on it is kept (convolutional).
     eps_ : ndarray of shape ([n_stages,] n_filters)
-        Learned scales of the log penalty (``penalty="log"`` or
-        ``"shaped_log"``).
+        Learned scales of the log penalty (``penalty="log"``,
+        ``"shaped_log"`` or ``"shifted_log"``).
     shape_ : ndarray of shape ([n_stages,] n_filters, 8)
-        Learned shape of each filter's penalty (``penalty="shaped_log"``):
-        the log-slopes of its weight curve, 0 for the log penalty.
+        Learned shape of each filter's penalty (``penalty="shaped_log"`` or
+        ``"shifted_log"``): the log-slopes of its weight curve, 0 for the
+        log penalty.
+    gain_ : ndarray of shape ([n_stages,] n_filters, 9)
+        Learned gain of each filter (``penalty="shifted_log"``): its values
+        at the knots of the shape, by which a stage's target multiplies the
+        previous stage's response; 0 for ``"shaped_log"``.
     init_weight_ : float
         Tuned weight of the initial operator (convolutional).
     n_iter_ : int
@@ -371,13 +381,15 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         reweighted = self._map().penalty.reweighted
         if self.per_stage and not (reweighted and self.structure == "convolutional"):
             raise ValueError(
-                'per_stage=True needs penalty="log" or "shaped_log" and '
-                'structure="convolutional": only reweighted stages differ.'
+                'per_stage=True needs a reweighted penalty ("log", "shaped_log" '
+                'or "shifted_log") and structure="convolutional": only '
+                "reweighted stages differ."
             )
         if self.structure == "patch" and (self._given_init() is not None or reweighted):
             raise ValueError(
-                'init filters and penalty="log" or "shaped_log" need '
-                'structure="convolutional"; the patch model takes penalty "l1" '
+                'init filters and reweighted penalties ("log", "shaped_log", '
+                '"shifted_log") need structure="convolutional"; the patch model '
+                'takes penalty "l1" '
                 'or "huber".'
             )
         p = self._patch_size()

@@ -26,6 +26,9 @@ model, stage ``s`` a weighted l1 problem whose weights are the slopes of
 (each holds one value, or one array of ``param_shape``, per row of ``K``)
 and provides ``stage_penalty(w)``, ``weights(z, params)`` and
 ``weights_vjp``; the unrolled map (:mod:`._unrolled_map`) does the rest.
+One with ``shifted = True`` also centres stage ``s``'s l1 term on targets
+computed from the same ``z`` (``targets(z, params)``, ``targets_vjp``), and
+its ``stage_penalty(w, t)`` takes them.
 The dual iterate ``z`` of every operator is position-major, so
 ``z.reshape(-1, m)`` has one column per row of ``K``: the parameters come
 per row and broadcast along it.

@@ -11,7 +11,8 @@ of :mod:`._parallel`.
 
 Parameters are a dict of arrays: ``"K"`` and the penalty's learnable
 parameters (``Log``: ``"eps"``, one per row of ``K``; ``ShapedLog`` also
-``"shape"``, a row of reals per row of ``K``).  With
+``"shape"``, a row of reals per row of ``K``, and ``ShiftedShapedLog``
+``"gain"``).  With
 ``per_stage=True`` each array has a leading axis of ``n_stages``: stage ``s``
 has its own operator ``K_s`` and penalty parameters (stage 1 of a reweighted
 penalty is the l1 model and uses none of them).  Gradients come back in the

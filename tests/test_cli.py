@@ -44,7 +44,7 @@ def test_denoise_gray_and_rgb(noisy_png, tmp_path):
     assert read(out_rgb).shape == clean.shape + (3,)
 
 
-@pytest.mark.parametrize("penalty", ["l1", "log", "shaped_log"])
+@pytest.mark.parametrize("penalty", ["l1", "log", "shaped_log", "shifted_log"])
 def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     clean_path = tmp_path / "clean.png"
     Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)

@@ -151,7 +151,7 @@ def test_log_penalty_learns_eps_and_beats_its_l1_start():
     # A refit with a convex penalty drops the scales.
     den.set_params(max_iter=1, penalty="l1").fit(images)
     assert not hasattr(den, "eps_")
-    with pytest.raises(ValueError, match='"shaped_log" need structure'):
+    with pytest.raises(ValueError, match=r'"shifted_log"\) need structure'):
         ImageDenoiser("patch", penalty="log").fit(images)
 
 
@@ -212,7 +212,7 @@ def test_other_errors(fitted):
         ImageDenoiser(crop_size=8).fit([np.zeros((20, 20))], [np.zeros((20, 21))])
 
 
-@pytest.mark.parametrize("penalty", ["log", "shaped_log"])
+@pytest.mark.parametrize("penalty", ["log", "shaped_log", "shifted_log"])
 def test_per_stage_filters_fit_save_and_load(tmp_path, penalty):
     from sklearn_ergo import load_denoiser, save_denoiser
 
@@ -230,18 +230,23 @@ def test_per_stage_filters_fit_save_and_load(tmp_path, penalty):
     copy = load_denoiser(tmp_path / "staged.npz")
     assert copy.per_stage and copy.n_stages == 2 and copy.penalty == penalty
     np.testing.assert_array_equal(copy.denoise(noisy), den.denoise(noisy))
-    with pytest.raises(ValueError, match='per_stage=True needs penalty="log" or'):
+    with pytest.raises(ValueError, match="per_stage=True needs a reweighted penalty"):
         ImageDenoiser(per_stage=True, **kw).fit(images)
     if penalty == "log":
         return
-    # The shape starts at the log penalty's (0) and is learned in stage 2.
+    # The shape (and gain) start at the log penalty's (0), learned in stage 2.
     assert den.shape_.shape == (2, 8, 8)
     assert np.all(den.shape_[0] == 0) and np.abs(den.shape_[1]).max() > 0
+    if penalty == "shifted_log":
+        assert den.gain_.shape == (2, 8, 9)
+        assert np.all(den.gain_[0] == 0) and np.abs(den.gain_[1]).max() > 0
+        np.testing.assert_array_equal(copy.gain_, den.gain_)
     with np.load(tmp_path / "staged.npz") as data:
         fields = dict(data)
     np.savez(tmp_path / "bad.npz", **(fields | {"shape": fields["shape"][..., :3]}))
-    with pytest.raises(ValueError, match="invalid shaped_log penalty.*shape must"):
+    with pytest.raises(ValueError, match=f"invalid {penalty} penalty.*shape must"):
         load_denoiser(tmp_path / "bad.npz")
-    # A refit with the plain log penalty drops the shape.
+    # A refit with the plain log penalty drops the shape (and gain).
     den.set_params(penalty="log", max_iter=1).fit(images)
     assert not hasattr(den, "shape_") and den.eps_.shape == (2, 8)
+    assert not hasattr(den, "gain_")
