@@ -287,8 +287,25 @@ class Log(Penalty):
         return d_z, {"eps": d_eps}
 
 
-#: Coordinates per block of :meth:`ShapedLog.weights` (a few hundred KB).
+#: Coordinates per block of :func:`_by_row_blocks` (a few hundred KB).
 _BLOCK = 1 << 16
+
+
+def _by_row_blocks(z, m, fill):
+    """A new array like ``z``, ``fill(z_rows, out_rows)`` on blocks of its rows.
+
+    Rows are ``z.reshape(-1, m)`` (one column per filter).  A 512x512 image
+    with 48 filters has 12.6 M coordinates, and whole-size temporaries (fresh
+    memory at every call) made one such step a large share of denoising an
+    image.
+    """
+    out = np.empty_like(z)
+    rows, z_rows = out.reshape(-1, m), z.reshape(-1, m)
+    step = max(1, _BLOCK // m)
+    for start in range(0, len(z_rows), step):
+        block = slice(start, start + step)
+        fill(z_rows[block], rows[block])
+    return out
 
 
 class ShapedLog(Log):
@@ -355,26 +372,18 @@ class ShapedLog(Log):
         return float(np.sum(eps * (before + part)))
 
     def weights(self, z, params):
-        """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array.
-
-        By blocks of rows: a 512x512 image with 48 filters has 12.6 M
-        coordinates, and whole-size temporaries (fresh memory at every call)
-        made this one step a large share of denoising an image.
-        """
+        """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
         b, c = self._log_w_at_knots(params["shape"])
         b, c = b.ravel(), c.ravel()
-        m = len(params["eps"])
-        out = np.empty_like(z)
-        rows, z_rows = out.reshape(-1, m), z.reshape(-1, m)
-        step = max(1, _BLOCK // m)
-        for start in range(0, len(z_rows), step):
-            block = slice(start, start + step)
-            _, _, x, flat = self._segments(z_rows[block], params)
+
+        def fill(z_rows, out):
+            _, _, x, flat = self._segments(z_rows, params)
             log_w = np.take(b, flat)
             log_w *= x
             np.subtract(np.take(c, flat), log_w, out=log_w)
-            np.exp(log_w, out=rows[block])
-        return out
+            np.exp(log_w, out=out)
+
+        return _by_row_blocks(z, len(params["eps"]), fill)
 
     def weights_vjp(self, z, w, params, d_w):
         """Pull ``d_w`` back through :meth:`weights`.
@@ -444,16 +453,12 @@ class ShiftedShapedLog(ShapedLog):
         return t, rho, slope, flat, f
 
     def targets(self, z, params):
-        """``t = rho(u) z`` at ``z``, new array, by blocks of rows."""
-        m = len(params["eps"])
-        out = np.empty_like(z)
-        rows, z_rows = out.reshape(-1, m), z.reshape(-1, m)
-        step = max(1, _BLOCK // m)
-        for start in range(0, len(z_rows), step):
-            block = slice(start, start + step)
-            rho = self._gain(z_rows[block], params)[1]
-            np.multiply(rho, z_rows[block], out=rows[block])
-        return out
+        """``t = rho(u) z`` at ``z``, new array."""
+
+        def fill(z_rows, out):
+            np.multiply(self._gain(z_rows, params)[1], z_rows, out=out)
+
+        return _by_row_blocks(z, len(params["eps"]), fill)
 
     def targets_vjp(self, z, params, d_t):
         """Pull ``d_t`` back through :meth:`targets`.

@@ -198,7 +198,7 @@ class UnrolledMap:
         x, tapes = None, []
         for s, stage in enumerate(stages):
             op = self.operator(stage.K)
-            penalty, z, w, t = self.penalty, None, None, None
+            penalty, z, w = self.penalty, None, None
             if self.penalty.reweighted:
                 centre = ()
                 if s:

@@ -236,6 +236,10 @@ def _shape(rng, rows, scale=0.7):
     return scale * rng.standard_normal((*rows, ShapedLog.n_segments))
 
 
+def _gain(rng, rows, scale=0.8):
+    return scale * rng.standard_normal((*rows, ShiftedShapedLog.n_segments + 1))
+
+
 def test_shaped_log_at_zero_shape_is_the_log_penalty():
     K, eps, noisy, clean, rng = _problem(seed=6)
     z = rng.standard_normal((5, 4)) * rng.uniform(0, 8, size=(5, 4))
@@ -280,41 +284,56 @@ def test_shaped_log_is_concave_and_its_value_integrates_its_weights():
         )
 
 
-def test_shaped_log_weights_by_blocks(monkeypatch):
-    """Blocks of rows (the last one partial) give the weights of one block."""
+@pytest.mark.parametrize("method", ["weights", "targets"])
+def test_shaped_log_weights_by_blocks(monkeypatch, method):
+    """Blocks of rows (the last one partial) give the weights (and the
+    targets) of one block."""
     import sklearn_ergo._penalties as penalties
 
     rng = np.random.default_rng(12)
     z = rng.standard_normal((3, 5 * 4)) * rng.uniform(0, 5, size=(3, 5 * 4))
     params = {"eps": rng.uniform(0.1, 1, 4), "shape": _shape(rng, (4,))}
-    whole = ShapedLog().weights(z, params)
+    params["gain"] = _gain(rng, (4,))
+    compute = getattr(ShiftedShapedLog(), method)
+    whole = compute(z, params)
     monkeypatch.setattr(penalties, "_BLOCK", 7)  # one row of 4 per block
-    np.testing.assert_array_equal(ShapedLog().weights(z, params), whole)
+    np.testing.assert_array_equal(compute(z, params), whole)
     monkeypatch.setattr(penalties, "_BLOCK", 4 * 4)  # 4 rows, 15 in all
-    np.testing.assert_array_equal(ShapedLog().weights(z, params), whole)
+    np.testing.assert_array_equal(compute(z, params), whole)
 
 
+@pytest.mark.parametrize("penalty", [ShapedLog(), ShiftedShapedLog()])
 @pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
 @pytest.mark.parametrize("n_stages", [2, 3])
-def test_shaped_log_gradient_matches_finite_differences(unroll, n_stages, per_stage):
+def test_shaped_log_gradient_matches_finite_differences(
+    unroll, n_stages, per_stage, penalty
+):
     K, eps, noisy, clean, rng = _problem(seed=8)
-    umap = _map(6, n_stages, unroll, penalty=ShapedLog(), per_stage=per_stage)
+    umap = _map(6, n_stages, unroll, penalty=penalty, per_stage=per_stage)
     if per_stage:
         K = np.stack([K * (1 - 0.2 * s) for s in range(n_stages)])
         eps = np.stack([eps * (1 + 0.5 * s) for s in range(n_stages)])
     params = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
+    if "gain" in penalty.param_names:
+        params["gain"] = _gain(rng, eps.shape)
     loss, grads = images_loss_grad(umap, params, noisy, clean)
     for name in params:
 
         def f(v, name=name):
             return images_loss_grad(umap, params | {name: v}, noisy, clean)[0]
 
+        # K's directions cross kinks (a dual coordinate at its box's face)
+        # beyond h = 1e-7; the penalty's small derivatives lose digits to
+        # rounding below 1e-6 (the error grew as h fell: 2e-8, 2e-6, 2e-5).
+        h = 1e-7 if name == "K" else 1e-6
         for _ in range(2):
-            err = fd_relative_error(f, params[name], grads[name], rng, h=1e-7)
+            err = fd_relative_error(f, params[name], grads[name], rng, h=h)
             assert err <= 1e-6, name
+        assert np.abs(grads[name]).max() > 0, name
     if per_stage:  # stage 1 is the l1 model: no penalty parameter is used
-        assert np.all(grads["shape"][0] == 0.0) and np.all(grads["eps"][0] == 0.0)
+        for name in params.keys() - {"K"}:
+            assert np.all(grads[name][0] == 0.0), name
 
 
 def test_shaped_log_stages_decrease_its_energy():
@@ -353,10 +372,6 @@ def test_shaped_log_parameters_are_checked():
 
 
 # -- stages centred on a learned gain of the previous responses ----------------------
-def _gain(rng, rows, scale=0.8):
-    return scale * rng.standard_normal((*rows, ShiftedShapedLog.n_segments + 1))
-
-
 def test_shifted_weighted_l1_prox_is_the_centred_one():
     rng = np.random.default_rng(13)
     b, t, z = rng.uniform(0.1, 2, 6), rng.standard_normal(6), 3 * rng.standard_normal(6)
@@ -435,50 +450,6 @@ def test_shifted_log_targets_interpolate_the_gain():
     np.testing.assert_allclose(
         pen.targets(z, params), z * params["gain"][:, 2:4].mean(axis=1), rtol=1e-12
     )
-
-
-@pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
-@pytest.mark.parametrize("unroll", ["last", "ergodic"])
-@pytest.mark.parametrize("n_stages", [2, 3])
-def test_shifted_log_gradient_matches_finite_differences(unroll, n_stages, per_stage):
-    K, eps, noisy, clean, rng = _problem(seed=17)
-    umap = _map(6, n_stages, unroll, penalty=ShiftedShapedLog(), per_stage=per_stage)
-    if per_stage:
-        K = np.stack([K * (1 - 0.2 * s) for s in range(n_stages)])
-        eps = np.stack([eps * (1 + 0.5 * s) for s in range(n_stages)])
-    params = {
-        "K": K,
-        "eps": eps,
-        "shape": _shape(rng, eps.shape),
-        "gain": _gain(rng, eps.shape),
-    }
-    loss, grads = images_loss_grad(umap, params, noisy, clean)
-    for name in params:
-
-        def f(v, name=name):
-            return images_loss_grad(umap, params | {name: v}, noisy, clean)[0]
-
-        for _ in range(2):
-            err = fd_relative_error(f, params[name], grads[name], rng, h=1e-7)
-            assert err <= 1e-6, name
-    assert np.abs(grads["gain"]).max() > 0
-    if per_stage:  # stage 1 is the l1 model: no penalty parameter is used
-        assert np.all(grads["gain"][0] == 0.0) and np.all(grads["eps"][0] == 0.0)
-
-
-def test_shifted_log_targets_by_blocks(monkeypatch):
-    import sklearn_ergo._penalties as penalties
-
-    rng = np.random.default_rng(18)
-    z = rng.standard_normal((3, 5 * 4)) * rng.uniform(0, 5, size=(3, 5 * 4))
-    params = {
-        "eps": rng.uniform(0.1, 1, 4),
-        "shape": _shape(rng, (4,)),
-        "gain": _gain(rng, (4,)),
-    }
-    whole = ShiftedShapedLog().targets(z, params)
-    monkeypatch.setattr(penalties, "_BLOCK", 7)
-    np.testing.assert_array_equal(ShiftedShapedLog().targets(z, params), whole)
 
 
 class Float64Log(Log):
