@@ -420,7 +420,8 @@ class ShiftedShapedLog(ShapedLog):
     filter's response where the previous stage put it, above 1 amplifies it,
     like the non-monotone influence functions of TNRD that a weighted l1
     stage centred on 0 cannot express.  The stages stay convex problems but
-    are no longer majorize-minimize steps of one energy.
+    are no longer majorize-minimize steps of one energy (:meth:`value` is
+    the shaped log penalty's, which they no longer decrease).
     """
 
     param_names = ("eps", "shape", "gain")
