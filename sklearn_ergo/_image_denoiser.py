@@ -126,7 +126,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         learned gain of the previous stage's responses (``gain_``; section
         6), starting from zero gains (``"shaped_log"``).  A
         log model is best started from the filters of a trained l1 model
-        (``init``); the shipped model, ``"shaped_log"`` with per-stage
+        (``init``); the shipped model, ``"shifted_log"`` with per-stage
         filters, was trained on Train400 by ``benchmarks/train_bsd.py``.
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"

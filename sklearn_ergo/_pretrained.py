@@ -6,8 +6,11 @@ filters of 7x7 per stage, two reweighted stages of 20 iterations each.  It
 grew from 5x5 filters: 6500 steps with the log penalty
 (``benchmarks/runs/sigma25-48x5/``), 1500 with its shape learned too
 (``penalty="shaped_log"``, ``benchmarks/runs/ft25-shaped_log/``), then 4000
-with the filters in 7x7 supports (``benchmarks/runs/sigma25-48x7-shaped/``:
-the command, the log and the model of each).
+with the filters in 7x7 supports (``benchmarks/runs/sigma25-48x7-shaped/``),
+then 4500 with its second stage centred on a learned gain of the first
+stage's responses (``penalty="shifted_log"``, from zero gains:
+``benchmarks/runs/sigma25-48x7-shifted/``; the command, the log and the
+model of each).
 """
 
 from importlib import resources

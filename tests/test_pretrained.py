@@ -18,10 +18,10 @@ def noisy():
 def test_shipped_models(level):
     den = pretrained_denoiser(level)
     assert den.noise_std_ == pytest.approx(level / 255)
-    # The Train400 model: per-stage filters, two stages of the shaped log penalty.
-    assert den.penalty == "shaped_log" and den.per_stage and den.n_stages == 2
+    # The Train400 model: per-stage filters, two stages of the shifted log penalty.
+    assert den.penalty == "shifted_log" and den.per_stage and den.n_stages == 2
     assert den.components_.shape == (2, 48, 49) and den.eps_.shape == (2, 48)
-    assert den.shape_.shape == (2, 48, 8)
+    assert den.shape_.shape == (2, 48, 8) and den.gain_.shape == (2, 48, 9)
 
 
 @pytest.mark.parametrize("sigma", [5, 15, 25, 35, 80])
