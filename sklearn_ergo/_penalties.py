@@ -26,10 +26,9 @@ model, stage ``s`` a weighted l1 problem whose weights are the slopes of
 (each holds one value, or one array of ``param_shape``, per row of ``K``)
 and provides ``stage_penalty(w)``, ``weights(z, params)`` and
 ``weights_vjp``; the unrolled map (:mod:`._unrolled_map`) does the rest.
-One with ``shifted = True`` also centres every stage's l1 term on targets
-computed from ``z = K_s x^(s-1)`` (``targets(z, params)``, ``targets_vjp``;
-``x^(0) = x~``, so stage 1's come from the noisy responses), and its
-``stage_penalty(w, t)`` takes them.
+One with ``shifted = True`` also centres stage ``s``'s l1 term on targets
+computed from the same ``z`` (``targets(z, params)``, ``targets_vjp``), and
+its ``stage_penalty(w, t)`` takes them.
 The dual iterate ``z`` of every operator is position-major, so
 ``z.reshape(-1, m)`` has one column per row of ``K``: the parameters come
 per row and broadcast along it.
@@ -259,13 +258,8 @@ class Log(Penalty):
         eps = params["eps"]
         return float(np.sum(eps * np.log1p(np.abs(z).reshape(-1, len(eps)) / eps)))
 
-    def stage_penalty(self, w, t=None):
-        """The convex penalty of a stage: l1 for stage 1 (``w is None``).
-
-        ``t`` (targets) is for a shifted penalty; this one has none.
-        """
-        if t is not None:
-            raise ValueError(f"{type(self).__name__} stages are not shifted.")
+    def stage_penalty(self, w):
+        """The convex penalty of a stage: l1 for stage 1 (``w is None``)."""
         return L1() if w is None else WeightedL1(w)
 
     def weights(self, z, params):
@@ -417,10 +411,9 @@ class ShapedLog(Log):
 class ShiftedShapedLog(ShapedLog):
     """:class:`ShapedLog` stages centred on a learned gain of the previous responses.
 
-    Stage ``s`` penalises ``sum_j w_j |(K x)_j - t_j|`` with the weights
-    of :class:`ShapedLog` (1 in stage 1) and targets ``t = rho_k(u) z``
-    instead of ``0``, where ``z = K_s x^(s-1)`` (``x^(0) = x~``) and ``u =
-    log(1 + |z| / eps_k)`` as there:
+    Stage ``s > 1`` penalises ``sum_j w_j |(K x)_j - t_j|`` with the weights
+    of :class:`ShapedLog` and targets ``t = rho_k(u) z`` instead of ``0``,
+    where ``z = K_s x^(s-1)`` and ``u = log(1 + |z| / eps_k)`` as there:
     ``rho_k`` is piecewise linear between its values (``gain``, one per knot
     ``u = 0, DELTA, ..., n_segments DELTA`` and constant beyond), learned per
     filter.  ``gain = 0`` is :class:`ShapedLog`.  A gain near 1 keeps a
@@ -440,11 +433,8 @@ class ShiftedShapedLog(ShapedLog):
         return super().param_shape(name, rows)
 
     def stage_penalty(self, w, t=None):
-        """The convex penalty of a stage: weights ``w`` (1 in stage 1, ``w is
-        None``) centred on the targets ``t``."""
-        if t is None:
-            raise ValueError("A shifted stage needs its targets t.")
-        return ShiftedWeightedL1(np.ones_like(t) if w is None else w, t)
+        """The convex penalty of a stage: l1 for stage 1, else centred on ``t``."""
+        return L1() if w is None else ShiftedWeightedL1(w, t)
 
     def _gain(self, z, params):
         """As rows ``(-1, m)``: ``|z|``, the gain ``rho``, its slope in ``u``,

@@ -195,23 +195,22 @@ class UnrolledMap:
     # -- one chunk, in this process ----------------------------------------
     def forward(self, stages, X, *, record=False):
         """Output for the rows ``X`` and, with ``record``, every stage's tape."""
-        x, tapes = X, []
+        x, tapes = None, []
         for s, stage in enumerate(stages):
             op = self.operator(stage.K)
-            penalty, z, w, t = self.penalty, None, None, None
-            # Stage s reads its weights (s > 1) and targets (a shifted
-            # penalty, every stage) off z = K_s x^(s-1), with x^(0) = x~.
-            if penalty.reweighted and (s or penalty.shifted):
-                z = op.apply(x)
-                params = _cast(stage.params, X.dtype)
-                # A penalty that computes in float64 must not make the
-                # float32 solver mix precisions (its buffers are float32).
+            penalty, z, w = self.penalty, None, None
+            if self.penalty.reweighted:
+                centre = ()
                 if s:
-                    w = penalty.weights(z, params).astype(X.dtype, copy=False)
-                if penalty.shifted:
-                    t = penalty.targets(z, params).astype(X.dtype, copy=False)
-            if penalty.reweighted:
-                penalty = penalty.stage_penalty(w, t)
+                    z = op.apply(x)
+                    params = _cast(stage.params, X.dtype)
+                    # A penalty that computes in float64 must not make the
+                    # float32 solver mix precisions (its buffers are float32).
+                    w = self.penalty.weights(z, params).astype(X.dtype, copy=False)
+                    if self.penalty.shifted:
+                        t = self.penalty.targets(z, params)
+                        centre = (t.astype(X.dtype, copy=False),)
+                penalty = self.penalty.stage_penalty(w, *centre)
             x_in = x
             x, tape = forward(op, X, stage.steps, penalty, self.alpha, record=record)
             if record:
@@ -232,8 +231,8 @@ class UnrolledMap:
             op = self.operator(stage.K)
             bound_grad = None if w is None else np.zeros_like(w)
             shift_grad = None
-            if z is not None and self.penalty.shifted:
-                shift_grad = np.zeros_like(z)
+            if w is not None and self.penalty.shifted:
+                shift_grad = np.zeros_like(w)
             grad_D, grad_P, sigma_sens, tau_sens = backward(
                 op,
                 X,
@@ -252,24 +251,20 @@ class UnrolledMap:
                 (name, np.zeros_like(value, dtype=X.dtype))
                 for name, value in stage.params.items()
             )
-            if z is not None:
-                # The weights and targets of stage s pass the adjoints of its
-                # box bounds and centres on to K_s, the penalty's parameters
-                # and the stage before (none for stage 1: z = K_1 x~).
+            if w is not None:
+                # The weights of stage s pass the adjoint of its box bounds
+                # on to K_s, the penalty's parameters and the stage before.
                 params = _cast(stage.params, X.dtype)
-                d_z = np.zeros_like(z)
-                if w is not None:
-                    d_zw, d_params = self.penalty.weights_vjp(z, w, params, bound_grad)
-                    d_z += d_zw
-                    grads.update(d_params)
+                d_z, d_params = self.penalty.weights_vjp(z, w, params, bound_grad)
+                d_z = d_z.astype(X.dtype, copy=False)
+                grads.update(d_params)
                 if shift_grad is not None:
                     d_zt, d_params = self.penalty.targets_vjp(z, params, shift_grad)
                     d_z += d_zt
                     for name, value in d_params.items():
                         grads[name] = grads[name] + value
                 grads["K"] += op.weight_grad(d_z, x_in)
-                if s:
-                    g = op.adjoint(d_z)
+                g = op.adjoint(d_z)
             out[s] = (grads, sigma_sens, tau_sens)
         return out
 
