@@ -83,7 +83,9 @@ def main(argv=None):
         help="default 2; with --start, the model's, and more append copies of "
         "its last stage",
     )
-    parser.add_argument("--n-layers", type=int, default=20)
+    parser.add_argument(
+        "--n-layers", type=int, help="20; with --start: the start model's"
+    )
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
     parser.add_argument(
         "--penalty",
@@ -138,6 +140,7 @@ def main(argv=None):
             penalty=args.penalty,
             patch_size=args.patch_size,
             n_stages=args.n_stages,
+            n_layers=args.n_layers,
             n_jobs=args.n_jobs,
         )
     else:
@@ -146,7 +149,7 @@ def main(argv=None):
         model = ImageModel(
             args.n_filters,
             args.patch_size,
-            args.n_layers,
+            args.n_layers or 20,
             args.n_stages or 2,
             unroll=args.unroll,
             penalty=args.penalty,

@@ -180,6 +180,7 @@ class ImageModel:
         penalty=None,
         patch_size=None,
         n_stages=None,
+        n_layers=None,
         n_jobs=None,
     ):
         """A model that starts as the fitted ``den`` applied at ``noise_std``.
@@ -190,8 +191,9 @@ class ImageModel:
         model is ``den``, and a larger ``patch_size`` holds its filters in
         the centre of the larger supports.  More ``n_stages`` than ``den``'s
         append stages, one more majorize-minimize step each (with the
-        parameters of its last stage when ``den`` is per-stage): the start
-        is then not ``den``'s output.
+        parameters of its last stage when ``den`` is per-stage), and another
+        ``n_layers`` unrolls every stage to that depth: the start is then not
+        ``den``'s output.
         """
         penalty = penalty or den.penalty
         patch_size = patch_size or den.patch_size
@@ -217,7 +219,7 @@ class ImageModel:
         return cls(
             den.components_.shape[-2],
             patch_size,
-            den.n_layers,
+            n_layers or den.n_layers,
             n_stages,
             unroll=den.unroll,
             penalty=penalty,

@@ -348,6 +348,14 @@ def test_from_denoiser_appends_copies_of_the_last_stage(tmp_path):
     assert result.params["K"].shape == (3, 3, 9)
     with pytest.raises(ValueError, match="drop stages"):
         it.ImageModel.from_denoiser(den, 25 / 255, n_stages=1)
+    # Shallower stages: the same parameters, unrolled to another depth.
+    shallow = it.ImageModel.from_denoiser(den, 25 / 255, n_layers=2)
+    assert shallow.denoiser.n_layers == 2 and shallow.settings()["n_layers"] == 2
+    for key, value in trained.items():
+        np.testing.assert_array_equal(shallow.start[key], value)
+    assert not np.allclose(
+        shallow.denoise(shallow.start, noisy), model.denoise(trained, noisy)
+    )
 
 
 def test_scaled_loss_is_the_loss_of_the_output_in_image_units():
