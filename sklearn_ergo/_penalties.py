@@ -24,11 +24,12 @@ model, stage ``s`` a weighted l1 problem whose weights are the slopes of
 ``phi`` at the previous stage's ``K x``.  Such a penalty has
 ``reweighted = True``, names its learnable parameters in ``param_names``
 (each holds one value, or one array of ``param_shape``, per row of ``K``)
-and provides ``stage_penalty(w)``, ``weights(z, params)`` and
-``weights_vjp``; the unrolled map (:mod:`._unrolled_map`) does the rest.
-One with ``shifted = True`` also centres stage ``s``'s l1 term on targets
-computed from the same ``z`` (``targets(z, params)``, ``targets_vjp``), and
-its ``stage_penalty(w, t)`` takes them.
+and provides ``stage_penalty(w)``, ``weights(z, params)``, ``weights_vjp``
+and ``stage_terms(z, params)`` (the weights, and targets or ``None``); the
+unrolled map (:mod:`._unrolled_map`) does the rest.  One with ``shifted =
+True`` also centres stage ``s``'s l1 term on targets computed from the same
+``z`` (``targets(z, params)``, ``targets_vjp``), and its ``stage_penalty(w,
+t)`` takes them.
 The dual iterate ``z`` of every operator is position-major, so
 ``z.reshape(-1, m)`` has one column per row of ``K``: the parameters come
 per row and broadcast along it.
@@ -39,6 +40,8 @@ import numbers
 
 import numpy as np
 from scipy.special import exprel
+
+from ._operators import blas
 
 
 class Penalty:
@@ -189,7 +192,13 @@ class ShiftedWeightedL1(WeightedL1):
 
     def prox_conjugate(self, z, sigma, out=None):
         """``clip(z - sigma t, -b, b)``, in place when ``out is z``."""
-        out = np.subtract(z, sigma * self.shift, out=out)
+        t = self.shift
+        if out is z and z.flags.c_contiguous and t.flags.c_contiguous:
+            # The solver's call, per tile of the dual at every layer: one
+            # BLAS pass instead of a temporary sigma t and a subtraction.
+            blas("axpy", z.dtype)(t.reshape(-1), z.reshape(-1), a=-sigma)
+        else:
+            out = np.subtract(z, sigma * t, out=out)
         return super().prox_conjugate(out, sigma, out=out)
 
 
@@ -262,6 +271,10 @@ class Log(Penalty):
         """The convex penalty of a stage: l1 for stage 1 (``w is None``)."""
         return L1() if w is None else WeightedL1(w)
 
+    def stage_terms(self, z, params):
+        """Weights and targets (``None``: centred on 0) of a stage read off ``z``."""
+        return self.weights(z, params), None
+
     def weights(self, z, params):
         """Slopes ``eps / (eps + |z|)`` of the penalty at ``z``, new array."""
         eps = params["eps"]
@@ -291,21 +304,21 @@ class Log(Penalty):
 _BLOCK = 1 << 16
 
 
-def _by_row_blocks(z, m, fill):
-    """A new array like ``z``, ``fill(z_rows, out_rows)`` on blocks of its rows.
+def _by_row_blocks(z, m, fill, n_out=1):
+    """New arrays like ``z``, ``fill(z_rows, *out_rows)`` on blocks of its rows.
 
     Rows are ``z.reshape(-1, m)`` (one column per filter).  A 512x512 image
     with 48 filters has 12.6 M coordinates, and whole-size temporaries (fresh
     memory at every call) made one such step a large share of denoising an
-    image.
+    image.  Returns the array, or a list of ``n_out`` of them.
     """
-    out = np.empty_like(z)
-    rows, z_rows = out.reshape(-1, m), z.reshape(-1, m)
+    outs = [np.empty_like(z) for _ in range(n_out)]
+    rows, z_rows = [o.reshape(-1, m) for o in outs], z.reshape(-1, m)
     step = max(1, _BLOCK // m)
     for start in range(0, len(z_rows), step):
         block = slice(start, start + step)
-        fill(z_rows[block], rows[block])
-    return out
+        fill(z_rows[block], *(r[block] for r in rows))
+    return outs[0] if n_out == 1 else outs
 
 
 class ShapedLog(Log):
@@ -373,17 +386,23 @@ class ShapedLog(Log):
 
     def weights(self, z, params):
         """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
-        b, c = self._log_w_at_knots(params["shape"])
-        b, c = b.ravel(), c.ravel()
+        knots = self._log_w_at_knots(params["shape"])
 
         def fill(z_rows, out):
-            _, _, x, flat = self._segments(z_rows, params)
-            log_w = np.take(b, flat)
-            log_w *= x
-            np.subtract(np.take(c, flat), log_w, out=log_w)
-            np.exp(log_w, out=out)
+            self._weights_at(self._segments(z_rows, params), knots, out)
 
         return _by_row_blocks(z, len(params["eps"]), fill)
+
+    @staticmethod
+    def _weights_at(segments, knots, out):
+        """``out <-`` the weights at :meth:`_segments` ``segments``, given
+        :meth:`_log_w_at_knots` ``knots``."""
+        _, _, x, flat = segments
+        b, c = knots
+        log_w = np.take(b.ravel(), flat)
+        log_w *= x
+        np.subtract(np.take(c.ravel(), flat), log_w, out=log_w)
+        np.exp(log_w, out=out)
 
     def weights_vjp(self, z, w, params, d_w):
         """Pull ``d_w`` back through :meth:`weights`.
@@ -436,13 +455,15 @@ class ShiftedShapedLog(ShapedLog):
         """The convex penalty of a stage: l1 for stage 1, else centred on ``t``."""
         return L1() if w is None else ShiftedWeightedL1(w, t)
 
-    def _gain(self, z, params):
-        """As rows ``(-1, m)``: ``|z|``, the gain ``rho``, its slope in ``u``,
-        the flat index of each one's left knot and its fraction ``f`` of the
-        way to the next (1 beyond the last)."""
-        t, _, x, flat = self._segments(z, params)
+    def _gain(self, segments, params):
+        """As rows ``(-1, m)``, from :meth:`_segments` ``segments``: ``|z|``,
+        the gain ``rho``, its slope in ``u``, the flat index of each one's
+        left knot and its fraction ``f`` of the way to the next (1 beyond the
+        last)."""
+        t, _, x, flat = segments
         h = self.knot_spacing
-        flat += flat // self.n_segments  # into the (m, n + 1) knots
+        # Into the (m, n + 1) knots: row k's segments start at k (n + 1).
+        flat = flat + np.arange(len(params["eps"]), dtype=flat.dtype)
         v = params["gain"].ravel()
         f = np.multiply(x, 1.0 / h)
         np.minimum(f, 1.0, out=f)
@@ -453,13 +474,43 @@ class ShiftedShapedLog(ShapedLog):
         slope *= (f < 1.0) / h
         return t, rho, slope, flat, f
 
+    def _gain_lines(self, params):
+        """Per segment (as ``(m * n,)``): ``rho = v_i + s_i min(u - u_i,
+        DELTA)``, the gain's value at its left knot and its slope."""
+        v = params["gain"]
+        return v[:, :-1].ravel(), (np.diff(v, axis=-1) / self.knot_spacing).ravel()
+
+    def _targets_at(self, segments, lines, z_rows, out):
+        """``out <- rho z`` at :meth:`_segments` ``segments``: the forward
+        pass's, in half the passes of :meth:`_gain` (which the gradient
+        needs)."""
+        _, _, x, flat = segments
+        value, slope = lines
+        rho = np.minimum(x, self.knot_spacing)  # constant beyond the last knot
+        rho *= np.take(slope, flat)
+        rho += np.take(value, flat)
+        np.multiply(rho, z_rows, out=out)
+
     def targets(self, z, params):
         """``t = rho(u) z`` at ``z``, new array."""
+        lines = self._gain_lines(params)
 
         def fill(z_rows, out):
-            np.multiply(self._gain(z_rows, params)[1], z_rows, out=out)
+            self._targets_at(self._segments(z_rows, params), lines, z_rows, out)
 
         return _by_row_blocks(z, len(params["eps"]), fill)
+
+    def stage_terms(self, z, params):
+        """Weights and targets at ``z``, in one pass: they share the segments."""
+        knots = self._log_w_at_knots(params["shape"])
+        lines = self._gain_lines(params)
+
+        def fill(z_rows, w, t):
+            segments = self._segments(z_rows, params)
+            self._weights_at(segments, knots, w)
+            self._targets_at(segments, lines, z_rows, t)
+
+        return _by_row_blocks(z, len(params["eps"]), fill, n_out=2)
 
     def targets_vjp(self, z, params, d_t):
         """Pull ``d_t`` back through :meth:`targets`.
@@ -470,7 +521,7 @@ class ShiftedShapedLog(ShapedLog):
         """
         eps = params["eps"]
         m, n = params["gain"].shape
-        t, rho, slope, flat, f = self._gain(z, params)
+        t, rho, slope, flat, f = self._gain(self._segments(z, params), params)
         z_rows, g = z.reshape(-1, m), d_t.reshape(-1, m)
         ratio = t / (eps + t)
         d_z = (g * (rho + slope * ratio)).reshape(z.shape)

@@ -206,9 +206,9 @@ class UnrolledMap:
                     params = _cast(stage.params, X.dtype)
                     # A penalty that computes in float64 must not make the
                     # float32 solver mix precisions (its buffers are float32).
-                    w = self.penalty.weights(z, params).astype(X.dtype, copy=False)
-                    if self.penalty.shifted:
-                        t = self.penalty.targets(z, params)
+                    w, t = self.penalty.stage_terms(z, params)
+                    w = w.astype(X.dtype, copy=False)
+                    if t is not None:
                         centre = (t.astype(X.dtype, copy=False),)
                 penalty = self.penalty.stage_penalty(w, *centre)
             x_in = x

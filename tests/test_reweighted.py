@@ -284,10 +284,10 @@ def test_shaped_log_is_concave_and_its_value_integrates_its_weights():
         )
 
 
-@pytest.mark.parametrize("method", ["weights", "targets"])
+@pytest.mark.parametrize("method", ["weights", "targets", "stage_terms"])
 def test_shaped_log_weights_by_blocks(monkeypatch, method):
     """Blocks of rows (the last one partial) give the weights (and the
-    targets) of one block."""
+    targets, and both at once) of one block."""
     import sklearn_ergo._penalties as penalties
 
     rng = np.random.default_rng(12)
@@ -382,6 +382,14 @@ def test_shifted_weighted_l1_prox_is_the_centred_one():
         np.testing.assert_allclose(y, z - sigma * F.prox(z / sigma, 1 / sigma))
         assert np.all(np.abs(y) <= b)
     np.testing.assert_array_equal(F.active(y, np.empty(6)), np.abs(y) < b)
+    # In place (the solver's call, one BLAS pass), in both dtypes.
+    for dtype in (np.float64, np.float32):
+        G = ShiftedWeightedL1(b.astype(dtype), t.astype(dtype))
+        zz = z.astype(dtype)
+        y_in_place = G.prox_conjugate(zz, sigma, out=zz)
+        assert y_in_place is zz
+        np.testing.assert_allclose(zz, G.prox_conjugate(z.astype(dtype), sigma))
+        np.testing.assert_allclose(zz, y, rtol=1e-6 if dtype == np.float32 else 0)
     assert F.value(z) == pytest.approx(np.sum(b * np.abs(z - t)))
     # The solver applies the prox per tile of the dual: a part is the same map.
     np.testing.assert_array_equal(
@@ -425,6 +433,20 @@ def test_shifted_log_at_zero_gain_is_the_shaped_log_penalty():
     for name in shaped:
         np.testing.assert_allclose(shifted[1][name], one[1][name], rtol=1e-10)
     assert np.abs(shifted[1]["gain"]).max() > 0
+
+
+def test_shifted_log_stage_terms_are_its_weights_and_targets():
+    rng = np.random.default_rng(17)
+    z = rng.standard_normal((5, 12)) * rng.uniform(0, 5, size=(5, 12))
+    params = {"eps": rng.uniform(0.1, 1, 4), "shape": _shape(rng, (4,))}
+    params["gain"] = _gain(rng, (4,))
+    pen = ShiftedShapedLog()
+    w, t = pen.stage_terms(z, params)
+    np.testing.assert_array_equal(w, pen.weights(z, params))
+    np.testing.assert_array_equal(t, pen.targets(z, params))
+    w, t = ShapedLog().stage_terms(z, params)
+    assert t is None
+    np.testing.assert_array_equal(w, ShapedLog().weights(z, params))
 
 
 def test_shifted_log_targets_interpolate_the_gain():
