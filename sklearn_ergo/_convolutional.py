@@ -70,12 +70,22 @@ def symbol_norm_bound(K, patch_size, grid=_SYMBOL_GRID):
         Its gradient with respect to ``K`` (float64), exact wherever the grid
         maximiser is unique up to the symmetry ``w -> -w``.
     """
+    K = np.asarray(K, dtype=np.float64)
+    # Denoising runs the same filters on image after image (and tile after
+    # tile): their FFTs cost 5 % of a 256 x 256 image.
+    bound, grad = _cached_norm_bound(K.tobytes(), K.shape, patch_size, grid)
+    return bound, grad.copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_norm_bound(data, shape, patch_size, grid):
+    K = np.frombuffer(data).reshape(shape)
     p = patch_size
     h = 2.0 * np.pi / grid
     slack = 1.0 - 0.5 * (p - 1) ** 2 * h**2
     if slack <= 0.5:
         raise ValueError(f"grid={grid} is too coarse for patch_size={p}.")
-    filters = K.astype(np.float64, copy=False).reshape(-1, p, p)
+    filters = K.reshape(-1, p, p)
     # f(-w) = f(w) for real filters, so the half spectrum holds every value.
     F = np.fft.rfft2(filters, s=(grid, grid))
     f = np.einsum("kij,kij->ij", F.real, F.real) + np.einsum(

@@ -100,6 +100,12 @@ def test_symbol_bound_of_tv_and_gradient():
     K = rng.standard_normal((4, 9))
     _, grad = symbol_norm_bound(K, 3)
     assert fd_relative_error(lambda K: symbol_norm_bound(K, 3)[0], K, grad, rng) <= 1e-7
+    # Cached by the filters' values: the same answer, in a fresh array.
+    grad[:] = 0.0
+    again, grad2 = symbol_norm_bound(K.copy(), 3)
+    assert np.abs(grad2).max() > 0
+    K[0, 0] += 1.0
+    assert symbol_norm_bound(K, 3)[0] != again
 
 
 def test_accelerated_steps():
