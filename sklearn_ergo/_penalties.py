@@ -453,7 +453,11 @@ class ShiftedShapedLog(ShapedLog):
 
     def stage_penalty(self, w, t=None):
         """The convex penalty of a stage: l1 for stage 1, else centred on ``t``."""
-        return L1() if w is None else ShiftedWeightedL1(w, t)
+        if w is None:
+            return L1()
+        if t is None:
+            raise ValueError("A shifted stage after the first needs its targets t.")
+        return ShiftedWeightedL1(w, t)
 
     def _gain(self, segments, params):
         """As rows ``(-1, m)``, from :meth:`_segments` ``segments``: ``|z|``,

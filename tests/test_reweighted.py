@@ -444,6 +444,8 @@ def test_shifted_log_stage_terms_are_its_weights_and_targets():
     w, t = pen.stage_terms(z, params)
     np.testing.assert_array_equal(w, pen.weights(z, params))
     np.testing.assert_array_equal(t, pen.targets(z, params))
+    with pytest.raises(ValueError, match="needs its targets"):
+        pen.stage_penalty(w)
     w, t = ShapedLog().stage_terms(z, params)
     assert t is None
     np.testing.assert_array_equal(w, ShapedLog().weights(z, params))
