@@ -459,41 +459,39 @@ class ShiftedShapedLog(ShapedLog):
             raise ValueError("A shifted stage after the first needs its targets t.")
         return ShiftedWeightedL1(w, t)
 
-    def _gain(self, segments, params):
-        """As rows ``(-1, m)``, from :meth:`_segments` ``segments``: ``|z|``,
-        the gain ``rho``, its slope in ``u``, the flat index of each one's
-        left knot and its fraction ``f`` of the way to the next (1 beyond the
-        last)."""
-        t, _, x, flat = segments
-        h = self.knot_spacing
-        # Into the (m, n + 1) knots: row k's segments start at k (n + 1).
-        flat = flat + np.arange(len(params["eps"]), dtype=flat.dtype)
-        v = params["gain"].ravel()
-        f = np.multiply(x, 1.0 / h)
-        np.minimum(f, 1.0, out=f)
-        left, right = np.take(v, flat), np.take(v, flat + 1)
-        slope = np.subtract(right, left)
-        rho = slope * f
-        rho += left
-        slope *= (f < 1.0) / h
-        return t, rho, slope, flat, f
-
     def _gain_lines(self, params):
         """Per segment (as ``(m * n,)``): ``rho = v_i + s_i min(u - u_i,
         DELTA)``, the gain's value at its left knot and its slope."""
         v = params["gain"]
         return v[:, :-1].ravel(), (np.diff(v, axis=-1) / self.knot_spacing).ravel()
 
-    def _targets_at(self, segments, lines, z_rows, out):
-        """``out <- rho z`` at :meth:`_segments` ``segments``: the forward
-        pass's, in half the passes of :meth:`_gain` (which the gradient
-        needs)."""
+    def _rho(self, segments, lines):
+        """The gain ``rho`` at :meth:`_segments` ``segments``, as rows."""
         _, _, x, flat = segments
         value, slope = lines
         rho = np.minimum(x, self.knot_spacing)  # constant beyond the last knot
         rho *= np.take(slope, flat)
         rho += np.take(value, flat)
-        np.multiply(rho, z_rows, out=out)
+        return rho
+
+    def _gain(self, segments, params):
+        """As rows ``(-1, m)``, from :meth:`_segments` ``segments``: ``|z|``,
+        the gain ``rho``, its slope in ``u``, the flat index of each one's
+        left knot and its fraction ``f`` of the way to the next (1 beyond the
+        last): what the gradient needs besides ``rho``."""
+        t, _, x, flat = segments
+        lines = self._gain_lines(params)
+        rho = self._rho(segments, lines)
+        f = np.multiply(x, 1.0 / self.knot_spacing)
+        np.minimum(f, 1.0, out=f)
+        slope = np.take(lines[1], flat) * (f < 1.0)
+        # Into the (m, n + 1) knots: row k's segments start at k (n + 1).
+        knots = flat + np.arange(len(params["eps"]), dtype=flat.dtype)
+        return t, rho, slope, knots, f
+
+    def _targets_at(self, segments, lines, z_rows, out):
+        """``out <- rho z`` at :meth:`_segments` ``segments``."""
+        np.multiply(self._rho(segments, lines), z_rows, out=out)
 
     def targets(self, z, params):
         """``t = rho(u) z`` at ``z``, new array."""
