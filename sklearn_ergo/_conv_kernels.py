@@ -34,12 +34,12 @@ image by wrapping and folds the margin back (:mod:`._convolutional`).
 """
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._operators import blas
+from ._parallel import run_threads
 
 #: Patch positions per tile.  The scratch ``(p^2, n_t)`` block and the
 #: tile's dual rows ``(n_t, m)`` then take ``n_t (p^2 + m)`` values: 3.2 MB
@@ -66,47 +66,6 @@ def make_tiles(n_images, grid, target=TILE_POSITIONS):
     return [
         (n0, min(n0 + images, n_images), 0, Hg) for n0 in range(0, n_images, images)
     ]
-
-
-_POOLS = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(n_threads):
-    with _POOLS_LOCK:
-        if n_threads not in _POOLS:
-            _POOLS[n_threads] = ThreadPoolExecutor(n_threads)
-        return _POOLS[n_threads]
-
-
-def _run(function, tiles, n_threads):
-    """``function(tile, scratch)`` for every tile, on ``n_threads`` threads.
-
-    ``scratch`` is a dictionary of the calling thread that lives as long as
-    the thread: buffers allocated once, not page-faulted in at every call.
-    """
-    if n_threads <= 1 or len(tiles) <= 1:
-        for tile in tiles:
-            function(tile, _scratch())
-        return
-
-    def work(group):
-        scratch = _scratch()
-        for tile in group:
-            function(tile, scratch)
-
-    groups = [tiles[k::n_threads] for k in range(n_threads)]
-    # list() waits for every group and re-raises their exceptions.
-    list(_pool(n_threads).map(work, groups))
-
-
-_LOCAL = threading.local()
-
-
-def _scratch():
-    if not hasattr(_LOCAL, "scratch"):
-        _LOCAL.scratch = {}
-    return _LOCAL.scratch
 
 
 def _buffer(scratch, size, dtype, name=""):
@@ -216,7 +175,7 @@ class ValidKernels:
                 post(start, stop)
 
         if adjoint is None:
-            _run(tile_apply, self._tiles(len(images)), self.n_threads)
+            run_threads(tile_apply, self._tiles(len(images)), self.n_threads)
             return
         canvas, gamma = adjoint
         tile_adjoint = self._tile_adjoint(Z, canvas, gamma)
@@ -277,7 +236,7 @@ class ValidKernels:
         return tile_adjoint
 
     def _run_adjoint(self, function, n_images):
-        """``_run`` for tiles that add into the canvas: overlapping ones apart."""
+        """``run_threads`` for tiles adding into the canvas: overlapping ones apart."""
         p = self.p
         tiles = self._tiles(n_images)
         if len(tiles) > 1 and tiles[0][1] - tiles[0][0] == 1 and self.n_threads > 1:
@@ -286,12 +245,12 @@ class ValidKernels:
             # else the threads wait on one another through a single wave).
             rows = tiles[0][3] - tiles[0][2]
             if rows >= p - 1:
-                _run(function, tiles[0::2], self.n_threads)
-                _run(function, tiles[1::2], self.n_threads)
+                run_threads(function, tiles[0::2], self.n_threads)
+                run_threads(function, tiles[1::2], self.n_threads)
                 return
-            _run(function, tiles, 1)
+            run_threads(function, tiles, 1)
             return
-        _run(function, tiles, self.n_threads)
+        run_threads(function, tiles, self.n_threads)
 
     def weight_grad_acc(self, Y, images, out, alpha=1.0):
         """``out += alpha Y^T C(images)``; ``out`` of shape (m, p * p)."""
@@ -310,7 +269,7 @@ class ValidKernels:
             product = np.dot(Y[start:stop].T, cols.T, out=product.reshape(acc.shape))
             _add_scaled(product, alpha, acc)
 
-        _run(tile_grad, self._tiles(len(images)), self.n_threads)
+        run_threads(tile_grad, self._tiles(len(images)), self.n_threads)
         for acc in accs.values():
             if acc is not out:
                 out += acc

@@ -12,7 +12,9 @@ An operator may also offer the fused, in-place variants ``apply_acc``,
 ``adjoint_acc`` and ``weight_grad_acc`` (``out <- alpha * A(X) + beta * out``):
 the solver then folds its step sizes and updates into the matrix products
 instead of spending extra passes over memory on them.  Operators without them
-get a generic fallback (:func:`sklearn_ergo._chambolle_pock.fused`).
+get a generic fallback (:func:`sklearn_ergo._chambolle_pock.fused`).  One
+that runs threads within a chunk (over tiles of a large image) says how many
+in ``n_threads``, and the map's per-stage elementwise work shares them.
 """
 
 import functools

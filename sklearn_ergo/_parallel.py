@@ -6,6 +6,9 @@ rows that are processed independently and summed.  A chunk's tape is
 cache-sized chunks keep the elementwise steps at cache speed.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 from joblib import effective_n_jobs
 from joblib.parallel import get_active_backend
 from sklearn.utils import gen_even_slices
@@ -139,3 +142,44 @@ def map_chunks(function, slices, n_jobs, *args):
     tasks = (delayed(_in_one_blas_thread)(function, *args, rows) for rows in slices)
     with one_blas_thread():
         return Parallel(**workers(n_jobs)[1])(tasks)
+
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+def _pool(n_threads):
+    with _POOLS_LOCK:
+        if n_threads not in _POOLS:
+            _POOLS[n_threads] = ThreadPoolExecutor(n_threads)
+        return _POOLS[n_threads]
+
+
+def _scratch():
+    if not hasattr(_LOCAL, "scratch"):
+        _LOCAL.scratch = {}
+    return _LOCAL.scratch
+
+
+def run_threads(function, items, n_threads):
+    """``function(item, scratch)`` for every item, on ``n_threads`` threads.
+
+    The threads *within* one chunk of :func:`map_chunks` (tiles of one large
+    image): NumPy's products and elementwise loops release the GIL.
+    ``scratch`` is a dictionary of the calling thread that lives as long as
+    the thread: buffers allocated once, not page-faulted in at every call.
+    """
+    if n_threads <= 1 or len(items) <= 1:
+        for item in items:
+            function(item, _scratch())
+        return
+
+    def work(group):
+        scratch = _scratch()
+        for item in group:
+            function(item, scratch)
+
+    groups = [items[k::n_threads] for k in range(n_threads)]
+    # list() waits for every group and re-raises their exceptions.
+    list(_pool(n_threads).map(work, groups))

@@ -25,11 +25,12 @@ model, stage ``s`` a weighted l1 problem whose weights are the slopes of
 ``reweighted = True``, names its learnable parameters in ``param_names``
 (each holds one value, or one array of ``param_shape``, per row of ``K``)
 and provides ``stage_penalty(w)``, ``weights(z, params)``, ``weights_vjp``
-and ``stage_terms(z, params)`` (the weights, and targets or ``None``); the
-unrolled map (:mod:`._unrolled_map`) does the rest.  One with ``shifted =
-True`` also centres stage ``s``'s l1 term on targets computed from the same
-``z`` (``targets(z, params)``, ``targets_vjp``), and its ``stage_penalty(w,
-t)`` takes them.
+and ``stage_terms(z, params, n_threads=1)`` (the weights, and targets or
+``None``; ``n_threads`` threads may share them: the dual of a large image
+has millions of coordinates); the unrolled map (:mod:`._unrolled_map`) does
+the rest.  One with ``shifted = True`` also centres stage ``s``'s l1 term
+on targets computed from the same ``z`` (``targets(z, params)``,
+``targets_vjp``), and its ``stage_penalty(w, t)`` takes them.
 The dual iterate ``z`` of every operator is position-major, so
 ``z.reshape(-1, m)`` has one column per row of ``K``: the parameters come
 per row and broadcast along it.
@@ -42,6 +43,7 @@ import numpy as np
 from scipy.special import exprel
 
 from ._operators import blas
+from ._parallel import run_threads
 
 
 class Penalty:
@@ -271,8 +273,12 @@ class Log(Penalty):
         """The convex penalty of a stage: l1 for stage 1 (``w is None``)."""
         return L1() if w is None else WeightedL1(w)
 
-    def stage_terms(self, z, params):
-        """Weights and targets (``None``: centred on 0) of a stage read off ``z``."""
+    def stage_terms(self, z, params, n_threads=1):
+        """Weights and targets (``None``: centred on 0) of a stage read off ``z``.
+
+        ``n_threads``: threads the penalty may use (these weights, three
+        passes over ``z``, use one).
+        """
         return self.weights(z, params), None
 
     def weights(self, z, params):
@@ -304,20 +310,24 @@ class Log(Penalty):
 _BLOCK = 1 << 16
 
 
-def _by_row_blocks(z, m, fill, n_out=1):
+def _by_row_blocks(z, m, fill, n_out=1, n_threads=1):
     """New arrays like ``z``, ``fill(z_rows, *out_rows)`` on blocks of its rows.
 
     Rows are ``z.reshape(-1, m)`` (one column per filter).  A 512x512 image
     with 48 filters has 12.6 M coordinates, and whole-size temporaries (fresh
     memory at every call) made one such step a large share of denoising an
-    image.  Returns the array, or a list of ``n_out`` of them.
+    image; the blocks are shared by ``n_threads`` threads.  Returns the
+    array, or a list of ``n_out`` of them.
     """
     outs = [np.empty_like(z) for _ in range(n_out)]
     rows, z_rows = [o.reshape(-1, m) for o in outs], z.reshape(-1, m)
     step = max(1, _BLOCK // m)
-    for start in range(0, len(z_rows), step):
-        block = slice(start, start + step)
+    blocks = [slice(start, start + step) for start in range(0, len(z_rows), step)]
+
+    def fill_block(block, scratch):
         fill(z_rows[block], *(r[block] for r in rows))
+
+    run_threads(fill_block, blocks, n_threads)
     return outs[0] if n_out == 1 else outs
 
 
@@ -357,7 +367,11 @@ class ShapedLog(Log):
         h = self.knot_spacing
         t = np.abs(z).reshape(-1, m)
         u = np.divide(t, eps)
-        np.log1p(u, out=u)
+        # log(1 + u) rather than log1p: NumPy vectorises log, not log1p (6x
+        # faster in float32), and only u's absolute error, one rounding of
+        # 1 + u, reaches the segments and weights.
+        u += 1.0
+        np.log(u, out=u)
         flat = np.multiply(u, 1.0 / h).astype(np.int32)
         np.minimum(flat, n - 1, out=flat)
         x = flat.astype(u.dtype)
@@ -384,14 +398,18 @@ class ShapedLog(Log):
         part = scale.ravel()[flat] * x * exprel((1.0 - b.ravel()[flat]) * x)
         return float(np.sum(eps * (before + part)))
 
-    def weights(self, z, params):
+    def weights(self, z, params, n_threads=1):
         """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
         knots = self._log_w_at_knots(params["shape"])
 
         def fill(z_rows, out):
             self._weights_at(self._segments(z_rows, params), knots, out)
 
-        return _by_row_blocks(z, len(params["eps"]), fill)
+        return _by_row_blocks(z, len(params["eps"]), fill, n_threads=n_threads)
+
+    def stage_terms(self, z, params, n_threads=1):
+        """The weights at ``z`` (on ``n_threads`` threads) and no targets."""
+        return self.weights(z, params, n_threads), None
 
     @staticmethod
     def _weights_at(segments, knots, out):
@@ -493,16 +511,16 @@ class ShiftedShapedLog(ShapedLog):
         """``out <- rho z`` at :meth:`_segments` ``segments``."""
         np.multiply(self._rho(segments, lines), z_rows, out=out)
 
-    def targets(self, z, params):
+    def targets(self, z, params, n_threads=1):
         """``t = rho(u) z`` at ``z``, new array."""
         lines = self._gain_lines(params)
 
         def fill(z_rows, out):
             self._targets_at(self._segments(z_rows, params), lines, z_rows, out)
 
-        return _by_row_blocks(z, len(params["eps"]), fill)
+        return _by_row_blocks(z, len(params["eps"]), fill, n_threads=n_threads)
 
-    def stage_terms(self, z, params):
+    def stage_terms(self, z, params, n_threads=1):
         """Weights and targets at ``z``, in one pass: they share the segments."""
         knots = self._log_w_at_knots(params["shape"])
         lines = self._gain_lines(params)
@@ -512,7 +530,7 @@ class ShiftedShapedLog(ShapedLog):
             self._weights_at(segments, knots, w)
             self._targets_at(segments, lines, z_rows, t)
 
-        return _by_row_blocks(z, len(params["eps"]), fill, n_out=2)
+        return _by_row_blocks(z, len(params["eps"]), fill, n_out=2, n_threads=n_threads)
 
     def targets_vjp(self, z, params, d_t):
         """Pull ``d_t`` back through :meth:`targets`.

@@ -206,7 +206,9 @@ class UnrolledMap:
                     params = _cast(stage.params, X.dtype)
                     # A penalty that computes in float64 must not make the
                     # float32 solver mix precisions (its buffers are float32).
-                    w, t = self.penalty.stage_terms(z, params)
+                    w, t = self.penalty.stage_terms(
+                        z, params, n_threads=getattr(op, "n_threads", 1)
+                    )
                     w = w.astype(X.dtype, copy=False)
                     if t is not None:
                         centre = (t.astype(X.dtype, copy=False),)

@@ -284,10 +284,11 @@ def test_shaped_log_is_concave_and_its_value_integrates_its_weights():
         )
 
 
+@pytest.mark.parametrize("n_threads", [1, 3])
 @pytest.mark.parametrize("method", ["weights", "targets", "stage_terms"])
-def test_shaped_log_weights_by_blocks(monkeypatch, method):
-    """Blocks of rows (the last one partial) give the weights (and the
-    targets, and both at once) of one block."""
+def test_shaped_log_weights_by_blocks(monkeypatch, method, n_threads):
+    """Blocks of rows (the last one partial), on one thread or several, give
+    the weights (and the targets, and both at once) of one block."""
     import sklearn_ergo._penalties as penalties
 
     rng = np.random.default_rng(12)
@@ -297,7 +298,7 @@ def test_shaped_log_weights_by_blocks(monkeypatch, method):
     compute = getattr(ShiftedShapedLog(), method)
     whole = compute(z, params)
     monkeypatch.setattr(penalties, "_BLOCK", 7)  # one row of 4 per block
-    np.testing.assert_array_equal(compute(z, params), whole)
+    np.testing.assert_array_equal(compute(z, params, n_threads=n_threads), whole)
     monkeypatch.setattr(penalties, "_BLOCK", 4 * 4)  # 4 rows, 15 in all
     np.testing.assert_array_equal(compute(z, params), whole)
 
