@@ -309,7 +309,10 @@ def standard_sets(args):
     data = pathlib.Path(args.data)
     cache_path = pathlib.Path(args.results)
     cache = _load_cache(cache_path)
-    ours = {"ours": lambda y, level: denoise_image(y, level / 255.0)}
+    ours = {
+        "ours": lambda y, level: denoise_image(y, level / 255.0),
+        "ours fast": lambda y, level: denoise_image(y, level / 255.0, fast=True),
+    }
     if args.model:
         model = load_denoiser(args.model)
         ours[f"model {pathlib.Path(args.model).name}"] = lambda y, level: model.denoise(

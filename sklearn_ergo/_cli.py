@@ -131,8 +131,15 @@ def _add_denoise(sub):
         "(default: the file's: 255 for 8-bit, 65535 for 16-bit, 1 for floats "
         "in [0, 1])",
     )
-    den.add_argument(
+    model = den.add_mutually_exclusive_group()
+    model.add_argument(
         "--model", help="a model .npz from 'train' (default: the shipped model)"
+    )
+    model.add_argument(
+        "--fast",
+        action="store_true",
+        help="the shipped fast model: 12 iterations per stage instead of 20, "
+        "about 0.6x the time for 0.03-0.04 dB less PSNR",
     )
     den.add_argument(
         "-j",
@@ -270,7 +277,9 @@ def _jobs(args):
     return [(p, output / p.name) for p in inputs]
 
 
-def _denoise_file(source, target, sigma, model_path, overwrite, data_range=None):
+def _denoise_file(
+    source, target, sigma, model_path, overwrite, data_range=None, fast=False
+):
     """Denoise one file; returns (sigma in 8-bit units or None, error or None)."""
     from ._image_data import as_planes
     from ._model_io import load_denoiser
@@ -291,7 +300,9 @@ def _denoise_file(source, target, sigma, model_path, overwrite, data_range=None)
         units = level * data_range / 255
         if model_path is None:
             out = (
-                denoise_image(image, units, channel_axis=axis, data_range=data_range)
+                denoise_image(
+                    image, units, channel_axis=axis, data_range=data_range, fast=fast
+                )
                 if level
                 else image
             )
@@ -319,7 +330,13 @@ def _denoise(args):
     def run(source, target):
         start = time.perf_counter()
         level, error = _denoise_file(
-            source, target, args.sigma, args.model, args.overwrite, args.data_range
+            source,
+            target,
+            args.sigma,
+            args.model,
+            args.overwrite,
+            args.data_range,
+            args.fast,
         )
         return source, target, level, error, time.perf_counter() - start
 

@@ -44,6 +44,27 @@ def test_denoise_gray_and_rgb(noisy_png, tmp_path):
     assert read(out_rgb).shape == clean.shape + (3,)
 
 
+def test_denoise_fast(noisy_png, tmp_path):
+    """``--fast`` writes what ``denoise_image(..., fast=True)`` gives."""
+    from sklearn_ergo import denoise_image
+
+    path, _ = noisy_png
+    out = tmp_path / "out.png"
+    assert main(["denoise", str(path), "-o", str(out), "--sigma", "25", "--fast"]) == 0
+    with Image.open(path) as img:
+        noisy = np.asarray(img)
+    expected = denoise_image(noisy, 25.0, fast=True)
+    with Image.open(out) as img:
+        np.testing.assert_array_equal(np.asarray(img), expected)
+
+
+def test_fast_and_model_exclude_each_other(noisy_png, tmp_path, capsys):
+    path, _ = noisy_png
+    argv = ["denoise", str(path), "-o", str(tmp_path / "o.png"), "--fast"]
+    assert main([*argv, "--model", "m.npz"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("penalty", ["l1", "log", "shaped_log", "shifted_log"])
 def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     clean_path = tmp_path / "clean.png"

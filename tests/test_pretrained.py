@@ -14,14 +14,28 @@ def noisy():
     return np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1)
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("level", PRETRAINED_LEVELS)
-def test_shipped_models(level):
-    den = pretrained_denoiser(level)
+def test_shipped_models(level, fast):
+    den = pretrained_denoiser(level, fast=fast)
     assert den.noise_std_ == pytest.approx(level / 255)
     # The Train400 model: per-stage filters, two stages of the shifted log penalty.
     assert den.penalty == "shifted_log" and den.per_stage and den.n_stages == 2
     assert den.components_.shape == (2, 48, 49) and den.eps_.shape == (2, 48)
     assert den.shape_.shape == (2, 48, 8) and den.gain_.shape == (2, 48, 9)
+    assert den.n_layers == (12 if fast else 20)
+
+
+def test_fast_model(noisy):
+    """``fast=True`` runs the fast model, whose output is close to the other's."""
+    out = denoise_image(noisy, 25 / 255, fast=True)
+    ref = pretrained_denoiser(25, fast=True).denoise(noisy, sigma=25 / 255)
+    np.testing.assert_array_equal(out, ref)
+    slow = denoise_image(noisy, 25 / 255)
+    assert not np.array_equal(out, slow)
+    # Both remove most of the noise and differ by a fraction of what remains.
+    noise = np.mean((noisy - slow) ** 2)
+    assert np.mean((out - slow) ** 2) < noise / 10
 
 
 @pytest.mark.parametrize("sigma", [5, 15, 25, 35, 80])
