@@ -4,9 +4,9 @@ Two modes.  With ``--data DIR`` (a folder holding ``bsd68/``, ``set12/`` and
 ``train400/``): the standard sets of the denoising literature under its
 protocol (clean / 255 plus Gaussian noise of std sigma / 255 with a fixed
 seed, output clipped to [0, 1], PSNR with peak 1, mean over the set), at
-sigma = 15, 25, 50: ours (:func:`sklearn_ergo.denoise_image`, and
-``--model FILE``), TV (weight tuned on Train400, never on the test sets),
-NL-means (as below) and BM3D measured on the same noise, next to the
+sigma = 15, 25, 50: ours (:func:`sklearn_ergo.denoise_image`, also with
+``fast=True``, and ``--model FILE``), TV (weight tuned on Train400, never on
+the test sets), NL-means (as below) and BM3D measured on the same noise, next to the
 published BM3D, TNRD and DnCNN numbers.  The baselines' per-image PSNR and
 seconds are cached in ``benchmarks/results/standard_sets.json``, keyed by
 set, image, sigma, method and noise seed, so that a rerun only recomputes

@@ -88,7 +88,7 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         ``[0, 1]``, possibly with unclipped noise), else max - min.
     fast : bool, default=False
         Use the fast model: 12 Chambolle-Pock iterations per stage instead of
-        20, trained for that depth.  On Set12 it takes 0.6-0.7x the time
+        20, trained for that depth.  On Set12 it takes about 0.6x the time
         and gives 0.03-0.04 dB less PSNR (``benchmarks/DENOISE_RESULTS.md``).
 
     Returns
