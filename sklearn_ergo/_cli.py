@@ -277,17 +277,18 @@ def _jobs(args):
     return [(p, output / p.name) for p in inputs]
 
 
-def _denoise_file(
-    source, target, sigma, model_path, overwrite, data_range=None, fast=False
-):
-    """Denoise one file; returns (sigma in 8-bit units or None, error or None)."""
+def _denoise_file(source, target, args, model=None):
+    """Denoise one file as the options ``args`` say, with ``model`` if given.
+
+    Returns (sigma in 8-bit units or None, error or None).
+    """
     from ._image_data import as_planes
-    from ._model_io import load_denoiser
     from ._noise import estimate_sigma
     from ._pretrained import denoise_image
 
+    sigma, data_range = args.sigma, args.data_range
     try:
-        if target.exists() and not overwrite:
+        if target.exists() and not args.overwrite:
             raise CommandError(f"{str(target)!r} exists (use --overwrite)")
         image = read_image(source)
         axis = channel_axis_of(image)
@@ -298,17 +299,14 @@ def _denoise_file(
         else:
             level = sigma
         units = level * data_range / 255
-        if model_path is None:
-            out = (
-                denoise_image(
-                    image, units, channel_axis=axis, data_range=data_range, fast=fast
-                )
-                if level
-                else image
+        if not level:
+            out = image
+        elif model is None:
+            out = denoise_image(
+                image, units, channel_axis=axis, data_range=data_range, fast=args.fast
             )
         else:
-            model = load_denoiser(model_path)
-            out = model.denoise(image, units, channel_axis=axis) if level else image
+            out = model.denoise(image, units, channel_axis=axis)
         write_image(target, out)
     except (CommandError, ValueError, TypeError, OSError) as exc:
         return None, str(exc)
@@ -318,26 +316,19 @@ def _denoise_file(
 def _denoise(args):
     from joblib import Parallel, delayed
 
+    model = None
     if args.model is not None:
         from ._model_io import load_denoiser
 
         try:
-            load_denoiser(args.model)  # a bad model fails once, not per file
+            model = load_denoiser(args.model)  # loaded once, not per file
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     jobs = _jobs(args)
 
     def run(source, target):
         start = time.perf_counter()
-        level, error = _denoise_file(
-            source,
-            target,
-            args.sigma,
-            args.model,
-            args.overwrite,
-            args.data_range,
-            args.fast,
-        )
+        level, error = _denoise_file(source, target, args, model)
         return source, target, level, error, time.perf_counter() - start
 
     results = Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(
