@@ -70,9 +70,8 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
         # its product fused into the dual step's, per tile of y.
         beta = 1.0 if (l > 1 or not record) else 0.0
         c = _G.prox_slope(tau)
-        np.multiply(r_prev, c, out=r)
         prox = _prox_parts(penalty, y, sigma)
-        apply_update(op, xbar, y, sigma, beta, prev, prox, adjoint=(r, -tau * c))
+        apply_update(op, xbar, y, sigma, beta, prev, prox, (r, -tau * c, r_prev, c))
         # extrapolation, stored with the data added: xbar = X + r + theta (r - r_prev)
         np.copyto(xbar, X)
         _axpy(r, xbar, 1.0 + theta)
@@ -214,23 +213,31 @@ def apply_update(op, X, out, alpha, beta, prev=None, post=None, adjoint=None):
     """``out <- alpha K X + beta prev`` (``prev=None``: ``out``), then ``post``.
 
     ``post(start, stop)`` finishes the flat range ``start:stop`` of ``out``.
-    With ``adjoint=(primal, gamma)``, ``primal += gamma K^T out`` follows.
+    With ``adjoint=(primal, gamma, base, c)``, ``primal <- c base + gamma K^T
+    out`` follows (``base`` another array than ``primal``).
     An operator with its own ``apply_update`` (the convolutional one) runs
     the copy, ``post`` and the adjoint per tile while the tile is in cache:
     on a 512x512 image, where the dual (48 filters) is 50 MB, a layer then
-    reads it once instead of four times.  Others get the copy, the fused
-    product, one ``post`` on the whole of ``out`` and the adjoint.
+    reads it once instead of four times.  Others get the product, ``prev``
+    added, one ``post`` on the whole of ``out`` and the adjoint.
     """
     if hasattr(op, "apply_update"):
         op.apply_update(X, out, alpha, beta, prev, post, adjoint)
         return
-    if prev is not None and beta != 0.0:
-        np.copyto(out, prev)
-    op.apply_acc(X, out, alpha, beta)
+    if prev is not None and prev is not out:
+        # The product straight into out, then one axpy: a pass fewer than
+        # copying prev and accumulating the product (through a buffer).
+        op.apply_acc(X, out, alpha, 0.0)
+        if beta != 0.0:
+            _axpy(prev, out, beta)
+    else:
+        op.apply_acc(X, out, alpha, beta)
     if post is not None:
         post(0, out.size)
     if adjoint is not None:
-        op.adjoint_acc(out, adjoint[0], adjoint[1], 1.0)
+        primal, gamma, base, c = adjoint
+        op.adjoint_acc(out, primal, gamma, 0.0)
+        _axpy(base, primal, c)
 
 
 def _parts(penalty, start, stop, *arrays):

@@ -256,9 +256,14 @@ class ConvolutionalOperator:
         ``post`` run per tile of the banded kernels, in cache: the solver's
         dual update and prox then cost no extra pass over the dual (see
         :func:`sklearn_ergo._chambolle_pock.apply_update`).  With
-        ``adjoint=(primal, gamma)``, ``primal += gamma 𝒦^T out`` follows,
-        per tile too where the boundary is valid.
+        ``adjoint=(primal, gamma, base, c)``, ``primal <- c base + gamma
+        𝒦^T out`` follows, per tile too where the boundary is valid.
         """
+        if adjoint is not None:
+            # primal <- c base first: the tiles accumulate into it.
+            primal, gamma, base, c = adjoint
+            np.multiply(base, c, out=primal)
+            adjoint = (primal, gamma)
         fused = (
             adjoint is not None
             and self.boundary == "valid"

@@ -161,10 +161,12 @@ def test_dual_step_with_adjoint(p, tile_positions, n_threads, boundary, dtype):
     prev = rng.standard_normal((N, op.n_dual)).astype(dtype)
     start = rng.standard_normal(X.shape).astype(dtype)
     dual_ref = np.clip(-0.7 * op.apply(X) + 0.3 * prev, -1, 1)
-    primal_ref = start + 0.5 * op.adjoint(dual_ref)
-    for primal in (start.copy(), np.asfortranarray(start)):
+    primal_ref = 0.8 * start + 0.5 * op.adjoint(dual_ref)
+    for order in ("C", "F"):
+        primal = np.empty_like(start, order=order)
         dual = np.empty_like(prev)
-        op.apply_update(X, dual, -0.7, 0.3, prev, _clipper(dual), (primal, 0.5))
+        adjoint = (primal, 0.5, start, 0.8)
+        op.apply_update(X, dual, -0.7, 0.3, prev, _clipper(dual), adjoint)
         np.testing.assert_allclose(dual, dual_ref, **tol(dtype))
         np.testing.assert_allclose(primal, primal_ref, **tol(dtype))
 

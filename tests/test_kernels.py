@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sklearn_ergo import _parallel, unrolled_loss_grad
-from sklearn_ergo._chambolle_pock import backward, forward, fused
+from sklearn_ergo._chambolle_pock import apply_update, backward, forward, fused
 from sklearn_ergo._operators import DenseOperator
 from sklearn_ergo._parallel import MAX_TAPE_BYTES, TAPE_BYTES, chunk_slices
 from sklearn_ergo._penalties import make_penalty
@@ -90,6 +90,50 @@ def kernel_loss_grad(op, X, X_clean, steps, penalty, alpha, on_layer=None):
         op, X, tape, steps, penalty, alpha, g, on_layer=on_layer
     )
     return 0.5 * float(np.sum((X_hat - X_clean) ** 2)) / len(X), grad_D - grad_P
+
+
+@pytest.mark.parametrize("out_dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weight_grad_acc_over_blocks(dtype, out_dtype):
+    """Sums over blocks of samples (an uneven last one) add up to ``alpha Y^T X``.
+
+    A float64 ``out`` of float32 products takes the BLAS path, the others
+    ``np.dot``; 2500 rows span several blocks of either.
+    """
+    rng = np.random.default_rng(2)
+    K = rng.standard_normal((6, 5)).astype(dtype)
+    Y = rng.standard_normal((2500, 6)).astype(dtype)
+    X = rng.standard_normal((2500, 5)).astype(dtype)
+    start = rng.standard_normal((6, 5)).astype(out_dtype)
+    out = start.copy()
+    DenseOperator(K).weight_grad_acc(Y, X, out, 0.3)
+    expected = start + 0.3 * Y.astype(np.float64).T @ X.astype(np.float64)
+    rtol = 1e-12 if dtype == out_dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("make_op", [DenseOperator, PlainOperator])
+def test_apply_update_generic(make_op):
+    """``out <- alpha K X + beta prev``, ``post``, then ``primal <- c base +
+    gamma K^T out``: the path of operators without their own ``apply_update``."""
+    rng = np.random.default_rng(4)
+    K, X, _ = problem(5, 7)
+    prev = rng.standard_normal((len(X), 5))
+    base = rng.standard_normal(X.shape)
+    dual_ref = np.clip(-0.7 * X @ K.T + 0.3 * prev, -1, 1)
+    primal_ref = 0.8 * base + 0.5 * dual_ref @ K
+    dual, primal = np.empty_like(prev), np.empty_like(base)
+
+    def clip(start, stop):
+        np.clip(dual.reshape(-1)[start:stop], -1, 1, out=dual.reshape(-1)[start:stop])
+
+    op = fused(make_op(K))
+    apply_update(op, X, dual, -0.7, 0.3, prev, clip, (primal, 0.5, base, 0.8))
+    np.testing.assert_allclose(dual, dual_ref, rtol=1e-13)
+    np.testing.assert_allclose(primal, primal_ref, rtol=1e-13)
+    # Without prev the product accumulates onto out itself.
+    apply_update(op, X, dual, 0.5, 2.0)
+    np.testing.assert_allclose(dual, 0.5 * X @ K.T + 2.0 * dual_ref, rtol=1e-13)
 
 
 @pytest.mark.parametrize("make_op", [DenseOperator, PlainOperator])
