@@ -108,8 +108,8 @@ def load_denoiser(path):
     >>> ref = resources.files("sklearn_ergo") / "pretrained" / "sigma25.npz"
     >>> with resources.as_file(ref) as path:
     ...     den = load_denoiser(path)
-    >>> den.components_.shape  # 2 stages of 48 filters of 7x7
-    (2, 48, 49)
+    >>> den.components_.shape  # 3 stages of 48 filters of 7x7
+    (3, 48, 49)
     """
     fields = _read_fields(path)
     if "format" not in fields or str(fields["format"]) not in _READABLE:

@@ -2,15 +2,17 @@
 
 The shipped model is trained by ``benchmarks/train_bsd.py`` on the 400
 Train400 images at sigma = 25/255, with Set12 as the validation set: 48
-filters of 7x7 per stage, two reweighted stages of 20 iterations each.  It
+filters of 7x7 per stage, three reweighted stages of 20 iterations each.  It
 grew from 5x5 filters: 6500 steps with the log penalty
 (``benchmarks/runs/sigma25-48x5/``), 1500 with its shape learned too
 (``penalty="shaped_log"``, ``benchmarks/runs/ft25-shaped_log/``), then 4000
 with the filters in 7x7 supports (``benchmarks/runs/sigma25-48x7-shaped/``),
 then 4500 with its second stage centred on a learned gain of the first
 stage's responses (``penalty="shifted_log"``, from zero gains:
-``benchmarks/runs/sigma25-48x7-shifted/``; the command, the log and the
-model of each).  The fast model is the same model unrolled 12 iterations per
+``benchmarks/runs/sigma25-48x7-shifted/``), then 3000 with a third stage, a
+copy of the second to start with (``benchmarks/runs/sigma25-48x7-shifted-3stage/``;
+the command, the log and the model of each).  The fast model is the
+two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
 stage instead of 20 and trained 1500 more steps so
 (``benchmarks/runs/sigma25-48x7-shifted-12layers/``).
 """
@@ -38,7 +40,7 @@ def pretrained_denoiser(level, fast=False):
     """The shipped denoiser for noise ``level`` (8-bit units).
 
     ``level`` is one of :data:`PRETRAINED_LEVELS`; ``fast`` picks the model
-    of 12 iterations per stage instead of 20.
+    of two stages of 12 iterations instead of three of 20.
     """
     if level not in PRETRAINED_LEVELS:
         raise ValueError(f"level must be one of {PRETRAINED_LEVELS}, got {level!r}.")
@@ -87,9 +89,10 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         65535 for uint16), 1 for floats within ``[-1, 2]`` (images in
         ``[0, 1]``, possibly with unclipped noise), else max - min.
     fast : bool, default=False
-        Use the fast model: 12 Chambolle-Pock iterations per stage instead of
-        20, trained for that depth.  On Set12 it takes about 0.6x the time
-        and gives 0.03-0.04 dB less PSNR (``benchmarks/DENOISE_RESULTS.md``).
+        Use the fast model: two stages of 12 Chambolle-Pock iterations
+        instead of three of 20, trained for that depth.  On Set12 it takes
+        about 0.4x the time and gives 0.08-0.12 dB less PSNR
+        (``benchmarks/DENOISE_RESULTS.md``).
 
     Returns
     -------

@@ -19,10 +19,12 @@ def noisy():
 def test_shipped_models(level, fast):
     den = pretrained_denoiser(level, fast=fast)
     assert den.noise_std_ == pytest.approx(level / 255)
-    # The Train400 model: per-stage filters, two stages of the shifted log penalty.
-    assert den.penalty == "shifted_log" and den.per_stage and den.n_stages == 2
-    assert den.components_.shape == (2, 48, 49) and den.eps_.shape == (2, 48)
-    assert den.shape_.shape == (2, 48, 8) and den.gain_.shape == (2, 48, 9)
+    # The Train400 models: per-stage filters, stages of the shifted log
+    # penalty; three of 20 iterations, or (fast) two of 12.
+    S = 2 if fast else 3
+    assert den.penalty == "shifted_log" and den.per_stage and den.n_stages == S
+    assert den.components_.shape == (S, 48, 49) and den.eps_.shape == (S, 48)
+    assert den.shape_.shape == (S, 48, 8) and den.gain_.shape == (S, 48, 9)
     assert den.n_layers == (12 if fast else 20)
 
 
