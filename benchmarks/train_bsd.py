@@ -24,7 +24,8 @@ model's level (as ``denoise`` applies it), so that step 0 is the model as
 it is used at ``--sigma``.  With ``--penalty shaped_log`` a log-penalty
 model starts with the log shape (the same model) and learns its shape, and
 with ``--penalty shifted_log`` a shaped-log model starts with zero gains
-(the same model) and learns them too; a
+(the same model) and learns them too, and ``--penalty blended_log`` a
+shifted-log model with zero blends; a
 ``--patch-size`` above the model's puts its filters in the centre of larger
 supports, and a larger ``--n-stages`` appends copies of its last stage.
 
@@ -89,7 +90,7 @@ def main(argv=None):
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
     parser.add_argument(
         "--penalty",
-        choices=["log", "shaped_log", "shifted_log"],
+        choices=["log", "shaped_log", "shifted_log", "blended_log"],
         help="log; with --start: the start model's",
     )
     parser.add_argument("--batch", type=int, default=64)

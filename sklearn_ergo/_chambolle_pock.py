@@ -94,6 +94,7 @@ def backward(
     on_layer=None,
     bound_grad=None,
     shift_grad=None,
+    data_grad=None,
 ):
     """Exact adjoint of :func:`forward` for an output gradient ``g``.
 
@@ -123,6 +124,10 @@ def backward(
         For a penalty centred on targets ``t``
         (:class:`~sklearn_ergo._penalties.ShiftedWeightedL1`): the gradient
         with respect to ``t``, ``-sum_l w^[l]``, is added to it.
+    data_grad : ndarray of shape (N, n), optional
+        The gradient with respect to ``X`` through the dual steps, ``K^T
+        sum_l w^[l]`` (``X`` is in every extrapolated point), is added to it;
+        the output's own ``X`` is the caller's share (``g``).
 
     Returns
     -------
@@ -197,6 +202,8 @@ def backward(
         if c2:
             wy += _dot(w, y)
     op.weight_grad_acc(w_sum, X, grad_D)
+    if data_grad is not None:
+        op.adjoint_acc(w_sum, data_grad, 1.0, 1.0)
     K = op.weights
     sigma_sens = float(np.vdot(K, grad_D)) - c2 * wy
     shift = getattr(penalty, "shift", None)

@@ -164,7 +164,7 @@ def _add_train(sub):
         "noise and random flips and rotations at every step, validated on "
         "--validation DIR (whole images) or else on fixed crops of the "
         "training images, resumable from a checkpoint (--penalty log, "
-        "shaped_log or shifted_log).",
+        "shaped_log, shifted_log or blended_log).",
     )
     tr.add_argument("images", nargs="*", help="clean training image files")
     tr.add_argument(
@@ -183,20 +183,23 @@ def _add_train(sub):
     tr.add_argument("--max-iter", type=_positive_int, default=40)
     tr.add_argument(
         "--penalty",
-        choices=("l1", "log", "shaped_log", "shifted_log"),
+        choices=("l1", "log", "shaped_log", "shifted_log", "blended_log"),
         help="l1 (convex); log, the log penalty (reweighted l1 stages; with "
         "image files trained after and from the l1 model, twice --max-iter "
         "iterations in all, the better of the two on the validation draw "
         "saved); shaped_log, the log penalty with a learned shape per "
         "filter; or shifted_log, whose stages also pull each filter's "
-        "response towards a learned gain of the previous stage's.  Default: "
+        "response towards a learned gain of the previous stage's; or "
+        "blended_log, whose stages also stay close to a learned blend of the "
+        "noisy image and the previous stage's output.  Default: "
         "log, or with --start the start model's",
     )
     tr.add_argument(
         "--n-stages",
         type=_positive_int,
         default=2,
-        help="reweighted stages of --penalty log, shaped_log or shifted_log",
+        help="reweighted stages of --penalty log, shaped_log, shifted_log or "
+        "blended_log",
     )
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
@@ -421,7 +424,8 @@ def _train_folder(args):
         args.penalty = args.penalty or "log"
     if args.penalty is not None and not PENALTIES[args.penalty].reweighted:
         raise CommandError(
-            "--data trains a reweighted model: --penalty log, shaped_log or shifted_log"
+            "--data trains a reweighted model: --penalty log, shaped_log, "
+            "shifted_log or blended_log"
         )
     learning_rate = args.learning_rate or (0.01 if args.start is None else 0.003)
     output = args.output if args.output.endswith(".npz") else args.output + ".npz"

@@ -113,7 +113,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     n_layers : int, default=30
         Unrolled iterations.
     unroll : {"last", "ergodic"}, default="last"
-    penalty : {"l1", "huber", "log", "shaped_log", "shifted_log"}, default="l1"
+    penalty : {"l1", "huber", "log", "shaped_log", "shifted_log", "blended_log"}, \
+            default="l1"
         ``F``: the l1 norm, its Huber smoothing, or (convolutional only) the
         non-convex ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned
         scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
@@ -124,7 +125,10 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         ``docs/math.md``, section 6), starting from the log penalty;
         ``"shifted_log"`` also centres each later stage's l1 term on a
         learned gain of the previous stage's responses (``gain_``; section
-        6), starting from zero gains (``"shaped_log"``).  A
+        6), starting from zero gains (``"shaped_log"``); ``"blended_log"``
+        also centres each later stage's data term on a learned blend of the
+        noisy image and the previous stage's output (``blend_``), starting
+        from the noisy image (``"shifted_log"``).  A
         log model is best started from the filters of a trained l1 model
         (``init``); the shipped model, ``"shifted_log"`` with per-stage
         filters, was trained on Train400 by ``benchmarks/train_bsd.py``.
@@ -135,15 +139,15 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         another penalty; their common weight (and, for ``penalty="log"``,
         the scale of ``eps``) is tuned before learning.
     n_stages : int, default=2
-        Reweighted stages of ``penalty="log"``, ``"shaped_log"`` or
-        ``"shifted_log"``
-        (``n_stages`` times the cost of the l1 model); ignored otherwise.
+        Reweighted stages of ``penalty="log"``, ``"shaped_log"``,
+        ``"shifted_log"`` or ``"blended_log"`` (``n_stages`` times the cost
+        of the l1 model); ignored otherwise.
     per_stage : bool, default=False
         Give every reweighted stage its own filters and scales ``eps`` (like
         the time-dependent filters of TNRD), all starting from the same
         initial model; ``components_`` and ``eps_`` then have a leading axis
         of ``n_stages``.  Only with a reweighted penalty (``"log"``,
-        ``"shaped_log"``, ``"shifted_log"``).
+        ``"shaped_log"``, ``"shifted_log"``, ``"blended_log"``).
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training
         images (float units, images in ``[0, 1]``).  Ignored when ``fit``
@@ -190,16 +194,20 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         PSNR (dB) on a fixed held-out draw (other noise, other crops) after
         every draw; the best operator on it is kept (convolutional).
     eps_ : ndarray of shape ([n_stages,] n_filters)
-        Learned scales of the log penalty (``penalty="log"``,
-        ``"shaped_log"`` or ``"shifted_log"``).
+        Learned scales of the log penalty (every reweighted ``penalty``).
     shape_ : ndarray of shape ([n_stages,] n_filters, 8)
-        Learned shape of each filter's penalty (``penalty="shaped_log"`` or
-        ``"shifted_log"``): the log-slopes of its weight curve, 0 for the
-        log penalty.
+        Learned shape of each filter's penalty (``penalty="shaped_log"``,
+        ``"shifted_log"`` or ``"blended_log"``): the log-slopes of its weight
+        curve, 0 for the log penalty.
     gain_ : ndarray of shape ([n_stages,] n_filters, 9)
-        Learned gain of each filter (``penalty="shifted_log"``): its values
-        at the knots of the shape, by which a stage's target multiplies the
-        previous stage's response; 0 for ``"shaped_log"``.
+        Learned gain of each filter (``penalty="shifted_log"`` or
+        ``"blended_log"``): its values at the knots of the shape, by which a
+        stage's target multiplies the previous stage's response; 0 for
+        ``"shaped_log"``.
+    blend_ : ndarray of shape ([n_stages,])
+        Learned blend of each stage (``penalty="blended_log"``): stage ``s >
+        1`` stays close to ``x~ + blend_[s] (x^(s-1) - x~)``; 0 for
+        ``"shifted_log"``.
     init_weight_ : float
         Tuned weight of the initial operator (convolutional).
     n_iter_ : int
@@ -381,14 +389,15 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         reweighted = self._map().penalty.reweighted
         if self.per_stage and not (reweighted and self.structure == "convolutional"):
             raise ValueError(
-                'per_stage=True needs a reweighted penalty ("log", "shaped_log" '
-                'or "shifted_log") and structure="convolutional": only '
+                'per_stage=True needs a reweighted penalty ("log", "shaped_log", '
+                '"shifted_log" or "blended_log") and structure="convolutional": only '
                 "reweighted stages differ."
             )
         if self.structure == "patch" and (self._given_init() is not None or reweighted):
             raise ValueError(
                 'init filters and reweighted penalties ("log", "shaped_log", '
-                '"shifted_log") need structure="convolutional"; the patch model '
+                '"shifted_log", "blended_log") need structure="convolutional"; '
+                "the patch model "
                 'takes penalty "l1" '
                 'or "huber".'
             )

@@ -30,7 +30,10 @@ and ``stage_terms(z, params, n_threads=1)`` (the weights, and targets or
 has millions of coordinates); the unrolled map (:mod:`._unrolled_map`) does
 the rest.  One with ``shifted = True`` also centres stage ``s``'s l1 term
 on targets computed from the same ``z`` (``targets(z, params)``,
-``targets_vjp``), and its ``stage_penalty(w, t)`` takes them.
+``targets_vjp``), and its ``stage_penalty(w, t)`` takes them.  One with
+``blended = True`` has a parameter ``blend``, one real per stage (``param_shape``
+drops the rows): stage ``s > 1``'s data term is centred on ``x~ + blend
+(x^(s-1) - x~)`` instead of ``x~``.
 The dual iterate ``z`` of every operator is position-major, so
 ``z.reshape(-1, m)`` has one column per row of ``K``: the parameters come
 per row and broadcast along it.
@@ -57,6 +60,9 @@ class Penalty:
     positive_params = ()
     #: Whether stages centre their l1 terms on targets (``targets``).
     shifted = False
+    #: Whether stages centre their data terms on a blend (``blend``) of ``x~``
+    #: and the previous stage's output.
+    blended = False
 
     def param_shape(self, name, rows):
         """Shape of parameter ``name`` for an operator with ``rows`` (a shape)."""
@@ -356,7 +362,8 @@ class ShapedLog(Log):
         return tuple(rows)
 
     def initial_param(self, name, rows):
-        """Zeros (``shape``, and ``gain`` of a subclass): the log penalty."""
+        """Zeros (``shape``, and ``gain`` and ``blend`` of subclasses): the log
+        penalty."""
         return np.zeros(self.param_shape(name, rows))
 
     def _segments(self, z, params):
@@ -553,6 +560,26 @@ class ShiftedShapedLog(ShapedLog):
         return d_z, {"eps": d_eps, "gain": d_gain}
 
 
+class BlendedShapedLog(ShiftedShapedLog):
+    """:class:`ShiftedShapedLog` stages whose data terms move towards the last output.
+
+    Stage ``s > 1`` minimises ``||x - c_s||^2 / 2 + sum_j w_j |(K_s x)_j -
+    t_j|`` with ``c_s = x~ + beta_s (x^(s-1) - x~)``: ``beta_s`` (``blend``,
+    one real per stage, learned) trades the noisy image for the previous
+    stage's output as the point the stage stays close to, as the
+    stages of TNRD start from the previous one's output and keep only a
+    learned pull towards ``x~``.  ``blend = 0`` is :class:`ShiftedShapedLog`.
+    """
+
+    param_names = ("eps", "shape", "gain", "blend")
+    blended = True
+
+    def param_shape(self, name, rows):
+        if name == "blend":
+            return tuple(rows[:-1])
+        return super().param_shape(name, rows)
+
+
 class SquaredL2:
     """``G(r) = ||r||^2 / 2``, the data term of the denoiser (on the residual)."""
 
@@ -574,6 +601,7 @@ PENALTIES = {
     "log": Log,
     "shaped_log": ShapedLog,
     "shifted_log": ShiftedShapedLog,
+    "blended_log": BlendedShapedLog,
 }
 
 

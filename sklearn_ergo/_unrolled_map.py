@@ -11,8 +11,8 @@ of :mod:`._parallel`.
 
 Parameters are a dict of arrays: ``"K"`` and the penalty's learnable
 parameters (``Log``: ``"eps"``, one per row of ``K``; ``ShapedLog`` also
-``"shape"``, a row of reals per row of ``K``, and ``ShiftedShapedLog``
-``"gain"``).  With
+``"shape"``, a row of reals per row of ``K``, ``ShiftedShapedLog``
+``"gain"`` and ``BlendedShapedLog`` ``"blend"``, one real).  With
 ``per_stage=True`` each array has a leading axis of ``n_stages``: stage ``s``
 has its own operator ``K_s`` and penalty parameters (stage 1 of a reweighted
 penalty is the l1 model and uses none of them).  Gradients come back in the
@@ -120,7 +120,8 @@ class UnrolledMap:
     penalty : penalty object
         See :mod:`._penalties`.  A reweighted penalty runs ``n_stages``
         majorize-minimize stages, each from ``x = x~``; stage ``s > 1``
-        takes its weights from ``K_s x^(s-1)``.
+        takes its weights from ``K_s x^(s-1)`` (and, for a blended penalty,
+        centres its data term between ``x~`` and ``x^(s-1)``).
     steps : step rule
         See :mod:`._steps`.
     operator : callable
@@ -213,11 +214,21 @@ class UnrolledMap:
                     if t is not None:
                         centre = (t.astype(X.dtype, copy=False),)
                 penalty = self.penalty.stage_penalty(w, *centre)
-            x_in = x
-            x, tape = forward(op, X, stage.steps, penalty, self.alpha, record=record)
+            x_in, data = x, self._stage_data(s, stage, X, x)
+            x, tape = forward(op, data, stage.steps, penalty, self.alpha, record=record)
             if record:
-                tapes.append((x_in, z, w, penalty, tape))
+                tapes.append((x_in, data, z, w, penalty, tape))
         return x, tapes
+
+    def _stage_data(self, s, stage, X, x):
+        """The point stage ``s`` (0-based) stays close to: ``x~``, or for a
+        blended penalty ``x~ + blend (x^(s-1) - x~)`` after the first."""
+        if not (s and self.penalty.blended):
+            return X
+        data = x - X
+        data *= float(stage.params["blend"])
+        data += X
+        return data
 
     def backward(self, stages, X, tapes, g, *, on_layer=None):
         """Gradients of ``<g, output>`` per stage, at fixed steps.
@@ -229,15 +240,18 @@ class UnrolledMap:
         out = [None] * len(stages)
         for s in reversed(range(len(stages))):
             stage = stages[s]
-            x_in, z, w, penalty, tape = tapes[s]
+            x_in, data, z, w, penalty, tape = tapes[s]
             op = self.operator(stage.K)
             bound_grad = None if w is None else np.zeros_like(w)
             shift_grad = None
             if w is not None and self.penalty.shifted:
                 shift_grad = np.zeros_like(w)
+            # A blended stage's data depends on x^(s-1): the output holds it
+            # once (g) and every dual step once more (added by backward).
+            data_grad = g.copy() if data is not X else None
             grad_D, grad_P, sigma_sens, tau_sens = backward(
                 op,
-                X,
+                data,
                 tape,
                 stage.steps,
                 penalty,
@@ -246,6 +260,7 @@ class UnrolledMap:
                 on_layer=on_layer,
                 bound_grad=bound_grad,
                 shift_grad=shift_grad,
+                data_grad=data_grad,
             )
             grad_D -= grad_P
             grads = {"K": grad_D}
@@ -267,6 +282,10 @@ class UnrolledMap:
                         grads[name] = grads[name] + value
                 grads["K"] += op.weight_grad(d_z, x_in)
                 g = op.adjoint(d_z)
+            if data_grad is not None:
+                blend = float(stage.params["blend"])
+                grads["blend"] = np.asarray(np.vdot(data_grad, x_in - X), dtype=X.dtype)
+                g += blend * data_grad
             out[s] = (grads, sigma_sens, tau_sens)
         return out
 

@@ -65,7 +65,9 @@ def test_fast_and_model_exclude_each_other(noisy_png, tmp_path, capsys):
     assert "not allowed with" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("penalty", ["l1", "log", "shaped_log", "shifted_log"])
+@pytest.mark.parametrize(
+    "penalty", ["l1", "log", "shaped_log", "shifted_log", "blended_log"]
+)
 def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     clean_path = tmp_path / "clean.png"
     Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)

@@ -212,7 +212,7 @@ def test_other_errors(fitted):
         ImageDenoiser(crop_size=8).fit([np.zeros((20, 20))], [np.zeros((20, 21))])
 
 
-@pytest.mark.parametrize("penalty", ["log", "shaped_log", "shifted_log"])
+@pytest.mark.parametrize("penalty", ["log", "shaped_log", "shifted_log", "blended_log"])
 def test_per_stage_filters_fit_save_and_load(tmp_path, penalty):
     from sklearn_ergo import load_denoiser, save_denoiser
 
@@ -237,10 +237,13 @@ def test_per_stage_filters_fit_save_and_load(tmp_path, penalty):
     # The shape (and gain) start at the log penalty's (0), learned in stage 2.
     assert den.shape_.shape == (2, 8, 8)
     assert np.all(den.shape_[0] == 0) and np.abs(den.shape_[1]).max() > 0
-    if penalty == "shifted_log":
+    if penalty in ("shifted_log", "blended_log"):
         assert den.gain_.shape == (2, 8, 9)
         assert np.all(den.gain_[0] == 0) and np.abs(den.gain_[1]).max() > 0
         np.testing.assert_array_equal(copy.gain_, den.gain_)
+    if penalty == "blended_log":
+        assert den.blend_.shape == (2,) and den.blend_[0] == 0 and den.blend_[1] != 0
+        np.testing.assert_array_equal(copy.blend_, den.blend_)
     with np.load(tmp_path / "staged.npz") as data:
         fields = dict(data)
     np.savez(tmp_path / "bad.npz", **(fields | {"shape": fields["shape"][..., :3]}))
@@ -249,4 +252,4 @@ def test_per_stage_filters_fit_save_and_load(tmp_path, penalty):
     # A refit with the plain log penalty drops the shape (and gain).
     den.set_params(penalty="log", max_iter=1).fit(images)
     assert not hasattr(den, "shape_") and den.eps_.shape == (2, 8)
-    assert not hasattr(den, "gain_")
+    assert not hasattr(den, "gain_") and not hasattr(den, "blend_")

@@ -321,6 +321,12 @@ def test_from_denoiser_adds_neutral_parameters_and_larger_supports(tmp_path):
     np.testing.assert_allclose(
         shifted.denoise(shifted.start, noisy), model.denoise(trained, noisy), atol=1e-12
     )
+    # And a zero blend: the data terms stay on the noisy image.
+    blended = it.ImageModel.from_denoiser(den, 25 / 255, penalty="blended_log")
+    assert blended.start["blend"].shape == () and blended.start["blend"] == 0
+    np.testing.assert_allclose(
+        blended.denoise(blended.start, noisy), model.denoise(trained, noisy), atol=1e-12
+    )
     wide = it.ImageModel.from_denoiser(den, 25 / 255, patch_size=5)
     K = wide.start["K"].reshape(-1, 5, 5)
     np.testing.assert_array_equal(K[:, 1:4, 1:4].reshape(-1, 9), trained["K"])

@@ -11,6 +11,7 @@ from sklearn_ergo._init import initial_filters
 from sklearn_ergo._operators import DenseOperator
 from sklearn_ergo._penalties import (
     L1,
+    BlendedShapedLog,
     Log,
     ShapedLog,
     ShiftedShapedLog,
@@ -303,7 +304,9 @@ def test_shaped_log_weights_by_blocks(monkeypatch, method, n_threads):
     np.testing.assert_array_equal(compute(z, params), whole)
 
 
-@pytest.mark.parametrize("penalty", [ShapedLog(), ShiftedShapedLog()])
+@pytest.mark.parametrize(
+    "penalty", [ShapedLog(), ShiftedShapedLog(), BlendedShapedLog()]
+)
 @pytest.mark.parametrize("per_stage", [False, True], ids=["shared", "per_stage"])
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
 @pytest.mark.parametrize("n_stages", [2, 3])
@@ -318,6 +321,8 @@ def test_shaped_log_gradient_matches_finite_differences(
     params = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
     if "gain" in penalty.param_names:
         params["gain"] = _gain(rng, eps.shape)
+    if "blend" in penalty.param_names:
+        params["blend"] = rng.uniform(0.2, 0.6, size=eps.shape[:-1])
     loss, grads = images_loss_grad(umap, params, noisy, clean)
     for name in params:
 
@@ -422,6 +427,74 @@ def test_backward_shift_gradient_matches_finite_differences(unroll):
         assert fd_relative_error(loss, shift, grad, rng, h=1e-7) <= 1e-6
 
 
+@pytest.mark.parametrize("unroll", ["last", "ergodic"])
+def test_backward_data_gradient_matches_finite_differences(unroll):
+    """``g + data_grad`` is the gradient with respect to the data ``X``."""
+    rng = np.random.default_rng(18)
+    K = rng.standard_normal((6, 5))
+    X, target = rng.standard_normal((2, 4, 5))
+    steps = constant_steps(0.3, 0.3, 9)
+    alpha = output_weights(9, unroll)
+    F = ShiftedWeightedL1(
+        rng.uniform(0.05, 0.6, size=(4, 6)), 0.5 * rng.standard_normal((4, 6))
+    )
+    op = DenseOperator(K)
+
+    def loss(x):
+        out = forward(op, x, steps, F, alpha)[0]
+        return 0.5 * np.sum((out - target) ** 2)
+
+    out, tape = forward(op, X, steps, F, alpha, record=True)
+    grad = out - target
+    g = grad.copy()
+    backward(op, X, tape, steps, F, alpha, g, data_grad=grad)
+    assert np.abs(grad - g).max() > 0
+    for _ in range(3):
+        assert fd_relative_error(loss, X, grad, rng, h=1e-7) <= 1e-6
+
+
+def test_blended_log_at_zero_blend_is_the_shifted_log_penalty():
+    K, eps, noisy, clean, rng = _problem(seed=19)
+    shifted = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
+    shifted["gain"] = _gain(rng, eps.shape)
+    one = images_loss_grad(
+        _map(5, 3, penalty=ShiftedShapedLog()), shifted, noisy, clean
+    )
+    blended = images_loss_grad(
+        _map(5, 3, penalty=BlendedShapedLog()),
+        shifted | {"blend": np.zeros(())},
+        noisy,
+        clean,
+    )
+    assert blended[0] == pytest.approx(one[0], rel=1e-13)
+    for name in shifted:
+        np.testing.assert_allclose(blended[1][name], one[1][name], rtol=1e-10)
+    assert blended[1]["blend"].shape == () and blended[1]["blend"] != 0
+    with pytest.raises(ValueError, match="blend must hold"):
+        _map(5, 3, penalty=BlendedShapedLog()).check_params(
+            shifted | {"blend": np.zeros(4)}
+        )
+
+
+def test_blended_log_stage_is_centred_on_the_blend():
+    """Stage 2 is the shifted stage run on ``x~ + blend (x^(1) - x~)``."""
+    K, eps, noisy, clean, rng = _problem(seed=20)
+    pen = BlendedShapedLog()
+    params = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
+    params |= {"gain": _gain(rng, eps.shape), "blend": np.asarray(0.7)}
+    N, H, W = noisy.shape
+    umap = on_images(_map(5, 2, penalty=pen), (H, W), 3)
+    X = noisy.reshape(N, -1)
+    stages = umap.stages(params)
+    x1 = umap.forward(stages[:1], X)[0]
+    op = umap.operator(K)
+    w, t = pen.stage_terms(op.apply(x1), params)
+    expected = forward(
+        op, X + 0.7 * (x1 - X), stages[1].steps, pen.stage_penalty(w, t), umap.alpha
+    )[0]
+    np.testing.assert_allclose(umap.forward(stages, X)[0], expected, rtol=1e-12)
+
+
 def test_shifted_log_at_zero_gain_is_the_shaped_log_penalty():
     K, eps, noisy, clean, rng = _problem(seed=15)
     shaped = {"K": K, "eps": eps, "shape": _shape(rng, eps.shape)}
@@ -485,7 +558,8 @@ class Float64Log(Log):
 
 
 @pytest.mark.parametrize(
-    "penalty", [Log(), ShapedLog(), ShiftedShapedLog(), Float64Log()]
+    "penalty",
+    [Log(), ShapedLog(), ShiftedShapedLog(), BlendedShapedLog(), Float64Log()],
 )
 def test_float32_gradient_agrees_with_float64(penalty):
     """In float32 the reweighted stages give the float64 gradient, to its precision.
@@ -499,6 +573,8 @@ def test_float32_gradient_agrees_with_float64(penalty):
         params["shape"] = _shape(rng, eps.shape)
     if "gain" in penalty.param_names:
         params["gain"] = _gain(rng, eps.shape)
+    if "blend" in penalty.param_names:
+        params["blend"] = np.asarray(0.4)
     umap = _map(8, 2, penalty=penalty)
     loss64, g64 = images_loss_grad(umap, params, noisy, clean)
     loss32, g32 = images_loss_grad(
