@@ -151,7 +151,7 @@ def test_log_penalty_learns_eps_and_beats_its_l1_start():
     # A refit with a convex penalty drops the scales.
     den.set_params(max_iter=1, penalty="l1").fit(images)
     assert not hasattr(den, "eps_")
-    with pytest.raises(ValueError, match=r'"shifted_log"\) need structure'):
+    with pytest.raises(ValueError, match=r'"blended_log"\) need structure'):
         ImageDenoiser("patch", penalty="log").fit(images)
 
 
