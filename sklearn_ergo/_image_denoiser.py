@@ -397,9 +397,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             raise ValueError(
                 'init filters and reweighted penalties ("log", "shaped_log", '
                 '"shifted_log", "blended_log") need structure="convolutional"; '
-                "the patch model "
-                'takes penalty "l1" '
-                'or "huber".'
+                'the patch model takes penalty "l1" or "huber".'
             )
         p = self._patch_size()
         size = self.crop_size if self.structure == "convolutional" else p

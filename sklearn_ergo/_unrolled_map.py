@@ -248,7 +248,7 @@ class UnrolledMap:
                 shift_grad = np.zeros_like(w)
             # A blended stage's data depends on x^(s-1): the output holds it
             # once (g) and every dual step once more (added by backward).
-            data_grad = g.copy() if data is not X else None
+            data_grad = g.copy() if s and self.penalty.blended else None
             grad_D, grad_P, sigma_sens, tau_sens = backward(
                 op,
                 data,

@@ -403,8 +403,11 @@ def test_shifted_weighted_l1_prox_is_the_centred_one():
     )
 
 
+@pytest.mark.parametrize("wrt", ["shift", "data"])
 @pytest.mark.parametrize("unroll", ["last", "ergodic"])
-def test_backward_shift_gradient_matches_finite_differences(unroll):
+def test_backward_shift_and_data_gradients_match_finite_differences(unroll, wrt):
+    """``shift_grad`` is the gradient with respect to the targets ``t``, and
+    ``g + data_grad`` the one with respect to the data ``X``."""
     rng = np.random.default_rng(14)
     K = rng.standard_normal((6, 5))
     X, target = rng.standard_normal((2, 4, 5))
@@ -414,43 +417,24 @@ def test_backward_shift_gradient_matches_finite_differences(unroll):
     shift = 0.5 * rng.standard_normal((4, 6))
     op = DenseOperator(K)
 
-    def loss(t):
-        out = forward(op, X, steps, ShiftedWeightedL1(bounds, t), alpha)[0]
+    def loss(v):
+        x, t = (X, v) if wrt == "shift" else (v, shift)
+        out = forward(op, x, steps, ShiftedWeightedL1(bounds, t), alpha)[0]
         return 0.5 * np.sum((out - target) ** 2)
 
     F = ShiftedWeightedL1(bounds, shift)
     out, tape = forward(op, X, steps, F, alpha, record=True)
-    grad = np.zeros_like(shift)
-    backward(op, X, tape, steps, F, alpha, out - target, shift_grad=grad)
-    assert np.abs(grad).max() > 0
+    g = out - target
+    if wrt == "shift":
+        at, grad = shift, np.zeros_like(shift)
+        backward(op, X, tape, steps, F, alpha, g, shift_grad=grad)
+        assert np.abs(grad).max() > 0
+    else:
+        at, grad = X, g.copy()
+        backward(op, X, tape, steps, F, alpha, g, data_grad=grad)
+        assert np.abs(grad - g).max() > 0
     for _ in range(3):
-        assert fd_relative_error(loss, shift, grad, rng, h=1e-7) <= 1e-6
-
-
-@pytest.mark.parametrize("unroll", ["last", "ergodic"])
-def test_backward_data_gradient_matches_finite_differences(unroll):
-    """``g + data_grad`` is the gradient with respect to the data ``X``."""
-    rng = np.random.default_rng(18)
-    K = rng.standard_normal((6, 5))
-    X, target = rng.standard_normal((2, 4, 5))
-    steps = constant_steps(0.3, 0.3, 9)
-    alpha = output_weights(9, unroll)
-    F = ShiftedWeightedL1(
-        rng.uniform(0.05, 0.6, size=(4, 6)), 0.5 * rng.standard_normal((4, 6))
-    )
-    op = DenseOperator(K)
-
-    def loss(x):
-        out = forward(op, x, steps, F, alpha)[0]
-        return 0.5 * np.sum((out - target) ** 2)
-
-    out, tape = forward(op, X, steps, F, alpha, record=True)
-    grad = out - target
-    g = grad.copy()
-    backward(op, X, tape, steps, F, alpha, g, data_grad=grad)
-    assert np.abs(grad - g).max() > 0
-    for _ in range(3):
-        assert fd_relative_error(loss, X, grad, rng, h=1e-7) <= 1e-6
+        assert fd_relative_error(loss, at, grad, rng, h=1e-7) <= 1e-6
 
 
 def test_blended_log_at_zero_blend_is_the_shifted_log_penalty():
