@@ -113,25 +113,25 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     n_layers : int, default=30
         Unrolled iterations.
     unroll : {"last", "ergodic"}, default="last"
-    penalty : {"l1", "huber", "log", "shaped_log", "shifted_log", "blended_log"}, \
-            default="l1"
-        ``F``: the l1 norm, its Huber smoothing, or (convolutional only) the
-        non-convex ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned
-        scale ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1
-        stages of ``n_layers`` iterations each (``docs/math.md``, section 6):
-        it penalises large filter
-        responses (edges) less than small ones (noise).  ``"shaped_log"``
-        also learns the shape of each filter's concave penalty (``shape_``;
-        ``docs/math.md``, section 6), starting from the log penalty;
-        ``"shifted_log"`` also centres each later stage's l1 term on a
-        learned gain of the previous stage's responses (``gain_``; section
-        6), starting from zero gains (``"shaped_log"``); ``"blended_log"``
-        also centres each later stage's data term on a learned blend of the
-        noisy image and the previous stage's output (``blend_``), starting
-        from the noisy image (``"shifted_log"``).  A
-        log model is best started from the filters of a trained l1 model
-        (``init``); the shipped model, ``"shifted_log"`` with per-stage
-        filters, was trained on Train400 by ``benchmarks/train_bsd.py``.
+    penalty : str, default="l1"
+        ``F``, one of ``"l1"``, ``"huber"``, ``"log"``, ``"shaped_log"``,
+        ``"shifted_log"`` or ``"blended_log"``: the l1 norm, its Huber
+        smoothing, or (convolutional only) the non-convex
+        ``sum_j eps_k log(1 + |(𝒦 x)_j| / eps_k)`` with a learned scale
+        ``eps_k`` per filter, minimised by ``n_stages`` reweighted l1 stages of
+        ``n_layers`` iterations each (``docs/math.md``, section 6): it
+        penalises large filter responses (edges) less than small ones (noise).
+        ``"shaped_log"`` also learns the shape of each filter's concave penalty
+        (``shape_``), starting from the log penalty; ``"shifted_log"`` also
+        centres each later stage's l1 term on a learned gain of the previous
+        stage's responses (``gain_``), starting from zero gains
+        (``"shaped_log"``); ``"blended_log"`` also centres each later stage's
+        data term on a learned blend of the noisy image and the previous
+        stage's output (``blend_``), starting from the noisy image
+        (``"shifted_log"``).  A log model is best started from the filters of
+        a trained l1 model (``init``); the shipped model, ``"shifted_log"``
+        with per-stage filters, was trained on Train400 by
+        ``benchmarks/train_bsd.py``.
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"
         Initial filters (convolutional): anisotropic TV plus small zero-mean
