@@ -129,7 +129,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         data term on a learned blend of the noisy image and the previous
         stage's output (``blend_``), starting from the noisy image
         (``"shifted_log"``).  A log model is best started from the filters of
-        a trained l1 model (``init``); the shipped model, ``"shifted_log"``
+        a trained l1 model (``init``); the shipped model, ``"blended_log"``
         with per-stage filters, was trained on Train400 by
         ``benchmarks/train_bsd.py``.
     huber_eps : float, default=0.01

@@ -51,7 +51,7 @@ def save_denoiser(denoiser, path):
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.npz"
     >>> save_denoiser(pretrained_denoiser(25), path)
     >>> load_denoiser(path).penalty
-    'shifted_log'
+    'blended_log'
     """
     if denoiser.structure != "convolutional" or not hasattr(denoiser, "components_"):
         raise ValueError("Only fitted convolutional ImageDenoisers can be saved.")

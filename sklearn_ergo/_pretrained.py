@@ -10,8 +10,11 @@ with the filters in 7x7 supports (``benchmarks/runs/sigma25-48x7-shaped/``),
 then 4500 with its second stage centred on a learned gain of the first
 stage's responses (``penalty="shifted_log"``, from zero gains:
 ``benchmarks/runs/sigma25-48x7-shifted/``), then 3000 with a third stage, a
-copy of the second to start with (``benchmarks/runs/sigma25-48x7-shifted-3stage/``;
-the command, the log and the model of each).  The fast model is the
+copy of the second to start with (``benchmarks/runs/sigma25-48x7-shifted-3stage/``),
+then 2000 with the data terms of stages 2 and 3 centred on a learned blend of
+the noisy image and the previous stage's output (``penalty="blended_log"``,
+from zero blends: ``benchmarks/runs/sigma25-48x7-blended/``; the command, the
+log and the model of each).  The fast model is the
 two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
 stage instead of 20 and trained 1500 more steps so
 (``benchmarks/runs/sigma25-48x7-shifted-12layers/``).

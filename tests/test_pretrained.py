@@ -20,11 +20,15 @@ def test_shipped_models(level, fast):
     den = pretrained_denoiser(level, fast=fast)
     assert den.noise_std_ == pytest.approx(level / 255)
     # The Train400 models: per-stage filters, stages of the shifted log
-    # penalty; three of 20 iterations, or (fast) two of 12.
+    # penalty; three of 20 iterations whose later stages' data terms are
+    # blended, or (fast) two of 12.
     S = 2 if fast else 3
-    assert den.penalty == "shifted_log" and den.per_stage and den.n_stages == S
+    penalty = "shifted_log" if fast else "blended_log"
+    assert den.penalty == penalty and den.per_stage and den.n_stages == S
     assert den.components_.shape == (S, 48, 49) and den.eps_.shape == (S, 48)
     assert den.shape_.shape == (S, 48, 8) and den.gain_.shape == (S, 48, 9)
+    if not fast:
+        assert den.blend_.shape == (S,)
     assert den.n_layers == (12 if fast else 20)
 
 
