@@ -206,7 +206,7 @@ def backward(
         op.adjoint_acc(w_sum, data_grad, 1.0, 1.0)
     K = op.weights
     sigma_sens = float(np.vdot(K, grad_D)) - c2 * wy
-    shift = getattr(penalty, "shift", None)
+    shift = penalty.shift
     if shift is not None:
         # Layer l's pre-prox point holds -sigma_l t.
         sigma_sens -= _dot(w_sum, shift)

@@ -63,6 +63,9 @@ class Penalty:
     #: Whether stages centre their data terms on a blend (``blend``) of ``x~``
     #: and the previous stage's output.
     blended = False
+    #: The centre ``t`` of a stage's l1 term ``sum w |u - t|`` (dual-shaped),
+    #: or None: a penalty centred on 0.
+    shift = None
 
     def param_shape(self, name, rows):
         """Shape of parameter ``name`` for an operator with ``rows`` (a shape)."""
