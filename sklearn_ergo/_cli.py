@@ -139,7 +139,7 @@ def _add_denoise(sub):
         "--fast",
         action="store_true",
         help="the shipped fast model: two stages of 12 iterations instead of "
-        "three of 20, about 0.4x the time for 0.08-0.12 dB less PSNR",
+        "three of 20, about 0.4x the time for 0.10-0.15 dB less PSNR",
     )
     den.add_argument(
         "-j",

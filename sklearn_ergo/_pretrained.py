@@ -94,7 +94,7 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
     fast : bool, default=False
         Use the fast model: two stages of 12 Chambolle-Pock iterations
         instead of three of 20, trained for that depth.  On Set12 it takes
-        about 0.4x the time and gives 0.08-0.12 dB less PSNR
+        about 0.4x the time and gives 0.10-0.15 dB less PSNR
         (``benchmarks/DENOISE_RESULTS.md``).
 
     Returns
