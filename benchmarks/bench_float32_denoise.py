@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from sklearn_ergo._convolutional import denoise_images
 from sklearn_ergo._image_data import as_planes
 from sklearn_ergo._image_training import psnr
-from sklearn_ergo._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
+from sklearn_ergo._pretrained import denoiser_for_level
 
 
 def load_png(path):
@@ -61,8 +61,8 @@ def main(argv=None):
     )
     print("|---|---|---|---|---|---|---|")
     with threadpool_limits(1, user_api="blas"):
-        model = pretrained_denoiser(PRETRAINED_LEVELS[-1])
         for level in args.levels:
+            model = denoiser_for_level(level)
             rng = np.random.default_rng(level)
             scores = {np.float64: [], np.float32: []}
             times = {np.float64: [], np.float32: []}

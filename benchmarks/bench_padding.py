@@ -21,7 +21,7 @@ import numpy as np
 import sklearn_ergo._convolutional as convolutional
 from sklearn_ergo import load_denoiser
 from sklearn_ergo._image_training import benchmark_noise, psnr
-from sklearn_ergo._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
+from sklearn_ergo._pretrained import denoiser_for_level
 from sklearn_ergo.datasets import load_image_folder
 
 
@@ -29,16 +29,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=pathlib.Path)
     parser.add_argument("--set", default="set12")
-    parser.add_argument("--model", help="a model file (default: the shipped one)")
+    parser.add_argument(
+        "--model", help="a model file (default: the shipped one of each σ)"
+    )
     parser.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
     parser.add_argument("--times", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args(argv)
-    if args.model is None:
-        model = pretrained_denoiser(PRETRAINED_LEVELS[-1])
-    else:
-        model = load_denoiser(args.model)
+    fixed = None if args.model is None else load_denoiser(args.model)
     clean = load_image_folder(args.data / args.set)
-    p = model.patch_size
+    p = (fixed or denoiser_for_level(args.sigmas[0])).patch_size
     print(f"{args.set}, {len(clean)} images, filters {p}x{p}\n")
     print(
         f"| sigma | padding (pixels) | PSNR (dB) | vs {args.times[0]} (p - 1) "
@@ -49,6 +48,7 @@ def main(argv=None):
     try:
         for level in args.sigmas:
             sigma = level / 255.0
+            model = fixed or denoiser_for_level(level)
             pairs = list(zip(clean, benchmark_noise(clean, sigma), strict=True))
             first = None
             for times in args.times:

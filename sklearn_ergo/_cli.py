@@ -139,7 +139,7 @@ def _add_denoise(sub):
         "--fast",
         action="store_true",
         help="the shipped fast model: two stages of 12 iterations instead of "
-        "three of 20, about 0.4x the time for 0.10-0.15 dB less PSNR",
+        "three of 20, about 0.4x the time for 0.10-0.22 dB less PSNR",
     )
     den.add_argument(
         "-j",
@@ -208,7 +208,7 @@ def _add_train(sub):
     folder.add_argument(
         "--start",
         help="fine-tune a trained model: a model file, or 'shipped' for the "
-        "model of denoise_image; its settings replace --n-filters, "
+        "model denoise_image runs at --sigma; its settings replace --n-filters, "
         "--patch-size, --n-layers and --n-stages",
     )
     folder.add_argument(
@@ -417,7 +417,7 @@ def _train_folder(args):
         train,
     )
     from ._model_io import load_denoiser
-    from ._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
+    from ._pretrained import denoiser_for_level
     from .datasets import load_image_folder
 
     if args.start is None:
@@ -449,7 +449,7 @@ def _train_folder(args):
             )
         else:
             start = (
-                pretrained_denoiser(PRETRAINED_LEVELS[-1])
+                denoiser_for_level(args.sigma)
                 if args.start == "shipped"
                 else load_denoiser(args.start)
             )

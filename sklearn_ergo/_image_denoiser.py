@@ -622,11 +622,12 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             6400 for uint16, 25/255 for a float image in ``[0, 1]``.
             ``None``: the level the model was trained for, relative to the
             image's range (the dtype's range for integers; 1 for floats within
-            ``[-1, 2]``, else max - min).  Every plane ``x`` is denoised as
-            ``(D(a x + b) - b) / a`` with ``a = noise_std_ / sigma``, so that
-            its noise has the trained level; ``b`` is 0 unless the plane's
-            median ``m`` has ``a m`` outside ``[0, 1]``, where the training
-            images lie: then ``b`` moves it to the nearest end.  For the
+            ``[-1, 2]`` but for at most a thousandth of them, else max - min).
+            Every plane ``x`` is denoised as ``(D(a x + b) - b) / a`` with
+            ``a = noise_std_ / sigma``, so that its noise has the trained
+            level; ``b`` is 0 unless the plane's median ``m`` has ``a m``
+            outside ``[0, 1]``, where the training images lie: then ``b``
+            moves it to the nearest end.  For the
             converged l1 model, ``a`` is exactly scaling the weight of ``K``
             linearly with ``sigma``; for the log penalty ``eps`` scales too.
         channel_axis : int or None, default=None

@@ -1,4 +1,4 @@
-"""The pretrained denoiser shipped with the package, and ``denoise_image``.
+"""The pretrained denoisers shipped with the package, and ``denoise_image``.
 
 The shipped model is trained by ``benchmarks/train_bsd.py`` on the 400
 Train400 images at sigma = 25/255, with Set12 as the validation set: 48
@@ -14,7 +14,9 @@ copy of the second to start with (``benchmarks/runs/sigma25-48x7-shifted-3stage/
 then 2000 with the data terms of stages 2 and 3 centred on a learned blend of
 the noisy image and the previous stage's output (``penalty="blended_log"``,
 from zero blends: ``benchmarks/runs/sigma25-48x7-blended/``; the command, the
-log and the model of each).  The fast model is the
+log and the model of each).  The sigma = 50 model is that model fine-tuned
+1000 steps at sigma = 50 on images rescaled by 25/50, as ``denoise``
+applies it (``benchmarks/runs/sigma50-48x7-blended/``).  The fast model is the
 two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
 stage instead of 20 and trained 1500 more steps so
 (``benchmarks/runs/sigma25-48x7-shifted-12layers/``).
@@ -31,26 +33,40 @@ from ._model_io import load_denoiser
 from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
-#: shipped models.  One model serves every level: rescaled, the Train400
-#: sigma = 25 model beats the per-level models shipped before it (trained on
-#: nine pictures) on Set12 by 0.65-0.93 dB at 5, 10, 15 and 50, and
-#: fine-tuning at a level gained little (benchmarks/bench_sigma.py,
-#: benchmarks/DENOISE_RESULTS.md).
-PRETRAINED_LEVELS = (25,)
+#: shipped models.  The sigma = 25 model, rescaled, beats the per-level
+#: models shipped before it (trained on nine pictures) on Set12 by 0.65-0.93
+#: dB at 5, 10, 15 and 50; the sigma = 50 model is it fine-tuned at 50
+#: (benchmarks/bench_sigma.py, benchmarks/DENOISE_RESULTS.md).
+PRETRAINED_LEVELS = (25, 50)
+#: Levels of the fast models (``fast=True``).
+FAST_LEVELS = (25,)
 
 
 def pretrained_denoiser(level, fast=False):
     """The shipped denoiser for noise ``level`` (8-bit units).
 
-    ``level`` is one of :data:`PRETRAINED_LEVELS`; ``fast`` picks the model
-    of two stages of 12 iterations instead of three of 20.
+    ``level`` is one of :data:`PRETRAINED_LEVELS` (with ``fast``, of
+    :data:`FAST_LEVELS`); ``fast`` picks the model of two stages of 12
+    iterations instead of three of 20.
     """
-    if level not in PRETRAINED_LEVELS:
-        raise ValueError(f"level must be one of {PRETRAINED_LEVELS}, got {level!r}.")
+    levels = FAST_LEVELS if fast else PRETRAINED_LEVELS
+    if level not in levels:
+        raise ValueError(f"level must be one of {levels}, got {level!r}.")
     name = f"sigma{level}{'_fast' if fast else ''}.npz"
     ref = resources.files("sklearn_ergo") / "pretrained" / name
     with resources.as_file(ref) as path:
         return load_denoiser(path)
+
+
+def denoiser_for_level(level, fast=False):
+    """The shipped denoiser :func:`denoise_image` runs at noise ``level``.
+
+    ``level`` is in 8-bit units; the model of the next shipped level up
+    serves it, or that of the largest level above them all.
+    """
+    levels = FAST_LEVELS if fast else PRETRAINED_LEVELS
+    upper = min((s for s in levels if s >= level), default=levels[-1])
+    return pretrained_denoiser(upper, fast=fast)
 
 
 @validate_params(
@@ -89,12 +105,14 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         Range of the image's values, to choose the model: the noise level
         relative to it, ``255 * sigma / data_range``, is the level in 8-bit
         units.  ``None``: the dtype's range for integers (255 for uint8,
-        65535 for uint16), 1 for floats within ``[-1, 2]`` (images in
-        ``[0, 1]``, possibly with unclipped noise), else max - min.
+        65535 for uint16), 1 for floats within ``[-1, 2]`` but for at most
+        a thousandth of them (images in ``[0, 1]``, possibly with unclipped
+        noise), else max - min.
     fast : bool, default=False
         Use the fast model: two stages of 12 Chambolle-Pock iterations
-        instead of three of 20, trained for that depth.  On Set12 it takes
-        about 0.4x the time and gives 0.10-0.15 dB less PSNR
+        instead of three of 20, trained for that depth at 25 and serving
+        every level.  On Set12 it takes about 0.4x the time and gives
+        0.10-0.22 dB less PSNR at 15, 25 and 50
         (``benchmarks/DENOISE_RESULTS.md``).
 
     Returns
@@ -109,10 +127,12 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
     The model of a shipped level ``s`` runs on the image rescaled so that
     its noise has exactly the level ``s``, and the result is scaled back
     (see :meth:`ImageDenoiser.denoise`).  ``s`` is the next shipped level
-    up, or the largest above them; today one model, of level 25, serves
-    every level.  On Set12 (``python benchmarks/bench_sigma.py --data
-    DIR``) it comes within 0.1 dB of the same model fine-tuned at 20 and 35;
-    below 5 and above 50 it is not measured.
+    up, or the largest above them: the model of 25 serves every level up
+    to 25, that of 50 every level above (``fast=True``: the fast model of
+    25 serves every level).  On Set12 the model of 50 is 0.004 dB below
+    that of 25 at 30, and above it by 0.015 / 0.035 / 0.07 / 0.10 / 0.12
+    dB at 35 / 40 / 50 / 60 / 75 (``benchmarks/DENOISE_RESULTS.md``);
+    below 5 and above 75 it is not measured.
 
     Examples
     --------
@@ -154,8 +174,5 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         raise ValueError(
             f"sigma must be positive and at most the image range, got {sigma!r}."
         )
-    upper = min((s for s in PRETRAINED_LEVELS if s >= level), default=None)
-    model = pretrained_denoiser(
-        PRETRAINED_LEVELS[-1] if upper is None else upper, fast=fast
-    )
+    model = denoiser_for_level(level, fast=fast)
     return model.denoise(image, sigma=sigma, channel_axis=channel_axis)

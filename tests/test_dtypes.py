@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sklearn_ergo import denoise_image
+from sklearn_ergo._image_data import as_planes
 from sklearn_ergo._pretrained import pretrained_denoiser
 
 SIGMA = 25 / 255
@@ -99,6 +100,24 @@ def test_data_range_chooses_the_model(pair):
     out = denoise_image(noisy * 127.5, 12.5, data_range=127.5)
     model = pretrained_denoiser(25)
     np.testing.assert_allclose(out, model.denoise(noisy * 127.5, 12.5), atol=1e-12)
+
+
+def test_heavy_noise_keeps_the_unit_range():
+    # Unclipped noise of std 75/255 sends a few values of a [0, 1] image
+    # past 2: its range is still 1, so the level is 75 and picks the model
+    # of 50; more than a thousandth of the values further out makes it the
+    # span.
+    clean = blocks(0, n=8, size=16)
+    noisy = clean + 75 / 255 * np.random.default_rng(3).standard_normal(clean.shape)
+    noisy.flat[:3] = [2.5, -1.5, 2.2]
+    out = denoise_image(noisy, 75 / 255)
+    np.testing.assert_array_equal(
+        out, pretrained_denoiser(50).denoise(noisy, sigma=75 / 255)
+    )
+    assert as_planes(noisy, None).data_range() == 1.0
+    far = noisy.copy()
+    far.flat[: noisy.size // 500] = 3.0
+    assert as_planes(far, None).data_range() == pytest.approx(far.max() - far.min())
 
 
 @pytest.mark.parametrize("axis", [-1, 0, 2])

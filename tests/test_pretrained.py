@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from sklearn_ergo import denoise_image
-from sklearn_ergo._pretrained import PRETRAINED_LEVELS, pretrained_denoiser
+from sklearn_ergo._pretrained import (
+    FAST_LEVELS,
+    PRETRAINED_LEVELS,
+    denoiser_for_level,
+    pretrained_denoiser,
+)
 
 
 @pytest.fixture(scope="module")
@@ -14,11 +19,17 @@ def noisy():
     return np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1)
 
 
-@pytest.mark.parametrize("fast", [False, True])
-@pytest.mark.parametrize("level", PRETRAINED_LEVELS)
+SHIPPED = [(level, False) for level in PRETRAINED_LEVELS] + [
+    (level, True) for level in FAST_LEVELS
+]
+
+
+@pytest.mark.parametrize("level, fast", SHIPPED)
 def test_shipped_models(level, fast):
     den = pretrained_denoiser(level, fast=fast)
-    assert den.noise_std_ == pytest.approx(level / 255)
+    # Every file sees noise 25/255: the level-50 model was fine-tuned on
+    # images rescaled by 25/50, as ``denoise`` applies it.
+    assert den.noise_std_ == pytest.approx(25 / 255)
     # The Train400 models: per-stage filters, stages of the shifted log
     # penalty; three of 20 iterations whose later stages' data terms are
     # blended, or (fast) two of 12.
@@ -44,13 +55,32 @@ def test_fast_model(noisy):
     assert np.mean((out - slow) ** 2) < noise / 10
 
 
-@pytest.mark.parametrize("sigma", [5, 15, 25, 35, 80])
-def test_one_model_serves_every_level(noisy, sigma):
-    out = denoise_image(noisy, sigma / 255)
-    ref = pretrained_denoiser(25).denoise(noisy, sigma=sigma / 255)
+@pytest.mark.parametrize(
+    "sigma, level, fast",
+    [(5, 25, False), (25, 25, False), (26, 50, False), (35, 50, False)]
+    + [(50, 50, False), (80, 50, False), (50, 25, True), (80, 25, True)],
+)
+def test_next_level_up_serves(noisy, sigma, level, fast):
+    """A level runs the model of the next shipped level up, or the largest."""
+    out = denoise_image(noisy, sigma / 255, fast=fast)
+    ref = pretrained_denoiser(level, fast=fast).denoise(noisy, sigma=sigma / 255)
     np.testing.assert_array_equal(out, ref)
+    picked = denoiser_for_level(sigma, fast=fast)
+    np.testing.assert_array_equal(
+        picked.components_, pretrained_denoiser(level, fast=fast).components_
+    )
+
+
+def test_levels_are_different_models(noisy):
+    a, b = pretrained_denoiser(25), pretrained_denoiser(50)
+    assert not np.allclose(a.components_, b.components_)
+    assert not np.array_equal(
+        a.denoise(noisy, sigma=50 / 255), b.denoise(noisy, sigma=50 / 255)
+    )
 
 
 def test_unknown_level():
     with pytest.raises(ValueError, match="level must be one of"):
         pretrained_denoiser(15)
+    with pytest.raises(ValueError, match=r"level must be one of \(25,\)"):
+        pretrained_denoiser(50, fast=True)
