@@ -89,6 +89,12 @@ def main(argv=None):
     )
     parser.add_argument("--unroll", choices=["last", "ergodic"], default="last")
     parser.add_argument(
+        "--n-refine",
+        type=int,
+        help="reaction-diffusion steps after the stages: default 0; with "
+        "--start the model's, and more append steps that start as the identity",
+    )
+    parser.add_argument(
         "--penalty",
         choices=["log", "shaped_log", "shifted_log", "blended_log"],
         help="log; with --start: the start model's",
@@ -142,6 +148,7 @@ def main(argv=None):
             patch_size=args.patch_size,
             n_stages=args.n_stages,
             n_layers=args.n_layers,
+            n_refine=args.n_refine,
             n_jobs=args.n_jobs,
         )
     else:
@@ -155,6 +162,7 @@ def main(argv=None):
             unroll=args.unroll,
             penalty=args.penalty,
             per_stage=args.per_stage,
+            n_refine=args.n_refine or 0,
             init=embedded_filters(
                 args.init, args.n_filters, args.patch_size, args.seed
             ),

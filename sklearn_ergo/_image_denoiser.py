@@ -32,13 +32,15 @@ from ._optim import (
     search_log_scale,
 )
 from ._penalties import PENALTIES, make_penalty
+from ._refinement import Refinement
 from ._steps import AcceleratedSteps
 from ._unrolled_map import UnrolledMap
 
 # BT.601 luma, as in skimage.color.rgb2gray, for training on colour images.
 _LUMA = np.array([0.299, 0.587, 0.114])
-# Fitted attributes of the penalties' parameters (``eps_`` of "log").
-_PENALTY_ATTRIBUTES = {f"{n}_" for cls in PENALTIES.values() for n in cls.param_names}
+# Fitted attributes of learned parameters (``eps_`` of "log", ``refine_*_``).
+_PARAM_NAMES = [n for cls in PENALTIES.values() for n in cls.param_names]
+_PARAM_ATTRIBUTES = {f"{n}_" for n in (*_PARAM_NAMES, *Refinement.param_names)}
 # Overlapping patches are taken every _PATCH_STRIDE pixels by the
 # structure="patch" denoiser: 16x fewer patches than stride 1.
 _PATCH_STRIDE = 4
@@ -148,6 +150,13 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         initial model; ``components_`` and ``eps_`` then have a leading axis
         of ``n_stages``.  Only with a reweighted penalty (``"log"``,
         ``"shaped_log"``, ``"shifted_log"``, ``"blended_log"``).
+    n_refine : int, default=0
+        Reaction-diffusion steps after the unrolled stages (convolutional):
+        each maps ``x`` to ``x - R^T phi(R x) - lam (x - x~)`` with its own
+        ``patch_size ** 2 - 1`` zero-mean filters ``R``, a learned piecewise
+        linear influence function ``phi`` per filter and a learned weight
+        ``lam`` (TNRD's step; ``docs/math.md``, section 7).  They start as
+        the identity and cost two convolutions each.
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training
         images (float units, images in ``[0, 1]``).  Ignored when ``fit``
@@ -208,6 +217,14 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         Learned blend of each stage (``penalty="blended_log"``): stage ``s >
         1`` stays close to ``x~ + blend_[s] (x^(s-1) - x~)``; 0 for
         ``"shifted_log"``.
+    refine_filters_ : ndarray of shape (n_refine, patch_size ** 2 - 1, patch_size ** 2)
+        Filters of the refinement steps (``n_refine > 0``), used less their
+        mean.
+    refine_phi_ : ndarray of shape (n_refine, patch_size ** 2 - 1, 63)
+        Values of each step's influence functions at 63 knots spanning
+        ``[-0.6, 0.6]``.
+    refine_weight_ : ndarray of shape (n_refine,)
+        Reaction weight ``lam`` of each step.
     init_weight_ : float
         Tuned weight of the initial operator (convolutional).
     n_iter_ : int
@@ -237,6 +254,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         "init": [StrOptions({"tv"}), "array-like"],
         "n_stages": [Interval(Integral, 1, None, closed="left")],
         "per_stage": ["boolean"],
+        "n_refine": [Interval(Integral, 0, None, closed="left")],
         "noise_std": [Interval(Real, 0, None, closed="neither")],
         "crop_size": [Interval(Integral, 4, None, closed="left")],
         "n_crops": [Interval(Integral, 1, None, closed="left")],
@@ -262,6 +280,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         init="tv",
         n_stages=2,
         per_stage=False,
+        n_refine=0,
         noise_std=25 / 255,
         crop_size=64,
         n_crops=16,
@@ -283,6 +302,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         self.init = init
         self.n_stages = n_stages
         self.per_stage = per_stage
+        self.n_refine = n_refine
         self.noise_std = noise_std
         self.crop_size = crop_size
         self.n_crops = n_crops
@@ -393,6 +413,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 '"shifted_log" or "blended_log") and structure="convolutional": only '
                 "reweighted stages differ."
             )
+        if self.structure == "patch" and self.n_refine:
+            raise ValueError('n_refine > 0 needs structure="convolutional".')
         if self.structure == "patch" and (self._given_init() is not None or reweighted):
             raise ValueError(
                 'init filters and reweighted penalties ("log", "shaped_log", '
@@ -425,11 +447,12 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             steps=AcceleratedSteps(),
             n_stages=self.n_stages if penalty.reweighted else 1,
             per_stage=self.per_stage,
+            refinement=Refinement(self.n_refine) if self.n_refine else None,
         )
 
     def _params(self):
         """The fitted model as the parameters of :meth:`_map`."""
-        names = self._map().penalty.param_names
+        names = self._map().param_names[1:]
         return {"K": self.components_} | {n: getattr(self, f"{n}_") for n in names}
 
     def _fit_convolutional(self, clean, noisy, p, rng):
@@ -482,7 +505,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
                 self._report(r + 1, start)
         best = vector.unpack(tracker.best_params)
         self.components_ = best.pop("K")
-        for name in _PENALTY_ATTRIBUTES:  # from an earlier fit's penalty
+        for name in _PARAM_ATTRIBUTES:  # from an earlier fit's penalty or steps
             if hasattr(self, name):
                 delattr(self, name)
         for name, value in best.items():
@@ -492,14 +515,18 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         """The tuned initial parameters of ``umap`` on padded crops, and the weight.
 
         The model is tuned shared (:meth:`_tune_initial`); with per-stage
-        parameters every stage starts from it.
+        parameters every stage starts from it, refinement steps as the
+        identity.
         """
         D, center = self._initial_filters(self._patch_size(), rng)
-        shared = dataclasses.replace(umap, per_stage=False)
+        shared = dataclasses.replace(umap, per_stage=False, refinement=None)
         initial, u = self._tune_initial(shared, D, center, X, Y)
         params = initial(u)
         if umap.per_stage:
             params = {k: np.stack([v] * umap.n_stages) for k, v in params.items()}
+        if umap.refinement is not None:  # the identity: tuned without
+            n = D.shape[1]
+            params |= umap.refinement.initial_params(n - 1, n)
         return params, float(np.exp(u[0]))
 
     def _tune_initial(self, umap, D, center, X, Y):

@@ -47,6 +47,7 @@ from ._image_denoiser import ImageDenoiser
 from ._model_io import save_denoiser
 from ._optim import Adam, ParameterVector
 from ._penalties import make_penalty
+from ._refinement import Refinement
 
 #: Number of symmetries of the square applied to training crops.
 N_DIHEDRAL = 8
@@ -115,6 +116,8 @@ class ImageModel:
     parameters of ``ImageDenoiser(penalty=penalty, ...)._map()``, with a
     leading stage axis ``S = n_stages`` when ``per_stage``; ``unroll`` is the
     output of each stage (``"last"`` iterate or ``"ergodic"`` average).
+    ``n_refine`` reaction-diffusion steps follow the stages (their
+    parameters ``refine_*``, see :mod:`~sklearn_ergo._refinement`).
     ``init`` filters (shape ``(n_filters, p * p)``), e.g. those of a smaller
     trained model embedded in larger supports, replace the TV start.  The
     loss is over the crops' own pixels, not their padding.
@@ -139,6 +142,7 @@ class ImageModel:
         unroll="last",
         penalty="log",
         per_stage=False,
+        n_refine=0,
         init=None,
         start=None,
         scale=1.0,
@@ -162,6 +166,7 @@ class ImageModel:
             penalty=penalty,
             n_stages=n_stages,
             per_stage=per_stage,
+            n_refine=n_refine,
             init="tv" if init is None else np.asarray(init, dtype=np.float64),
             n_jobs=n_jobs,
         )
@@ -181,6 +186,7 @@ class ImageModel:
         patch_size=None,
         n_stages=None,
         n_layers=None,
+        n_refine=None,
         n_jobs=None,
     ):
         """A model that starts as the fitted ``den`` applied at ``noise_std``.
@@ -193,7 +199,8 @@ class ImageModel:
         append stages, one more majorize-minimize step each (with the
         parameters of its last stage when ``den`` is per-stage), and another
         ``n_layers`` unrolls every stage to that depth: the start is then not
-        ``den``'s output.
+        ``den``'s output.  More ``n_refine`` than ``den``'s append refinement
+        steps that start as the identity (the same output).
         """
         penalty = penalty or den.penalty
         patch_size = patch_size or den.patch_size
@@ -216,6 +223,21 @@ class ImageModel:
                 k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)])
                 for k, v in start.items()
             }
+        n_refine = den.n_refine if n_refine is None else n_refine
+        if n_refine < den.n_refine:
+            raise ValueError(
+                f"n_refine={n_refine} would drop refinement steps of a model "
+                f"with {den.n_refine}; only adding steps is supported."
+            )
+        if den.n_refine and patch_size != den.patch_size:
+            raise ValueError("A model with refinement steps keeps its patch_size.")
+        if n_refine:
+            n = patch_size**2
+            added = Refinement(n_refine - den.n_refine).initial_params(n - 1, n)
+            for name, value in added.items():
+                if den.n_refine:
+                    value = np.concatenate([getattr(den, f"{name}_"), value])
+                start[name] = value
         return cls(
             den.components_.shape[-2],
             patch_size,
@@ -224,6 +246,7 @@ class ImageModel:
             unroll=den.unroll,
             penalty=penalty,
             per_stage=den.per_stage,
+            n_refine=n_refine,
             start=start,
             scale=den.noise_std_ / noise_std,
             n_jobs=n_jobs,
@@ -240,6 +263,8 @@ class ImageModel:
         # The penalty is named only when it is not "log": checkpoints of log
         # models predate the choice and stay resumable.
         penalty = {} if den.penalty == "log" else {"penalty": den.penalty}
+        if den.n_refine:
+            penalty["n_refine"] = den.n_refine
         return penalty | {
             "model": "convolutional-log",
             "n_filters": den.n_filters,
@@ -318,7 +343,7 @@ def save_model(model, params, noise_std, path):
     """
     den = sklearn.base.clone(model.denoiser)
     den.components_ = np.asarray(params["K"], dtype=np.float64)
-    for name in den._map().penalty.param_names:
+    for name in den._map().param_names[1:]:
         setattr(den, f"{name}_", np.asarray(params[name], dtype=np.float64))
     den.noise_std_ = float(noise_std) * model.scale
     save_denoiser(den, path)

@@ -2,7 +2,8 @@
 
 A model file is a plain ``.npz`` (read with ``allow_pickle=False``) holding
 the filters, the settings of the unrolled map, the learned parameters of a
-reweighted penalty (``eps`` of ``"log"``) and a format marker.
+reweighted penalty (``eps`` of ``"log"``) and of refinement steps
+(``refine_*``), and a format marker.
 """
 
 import math
@@ -15,11 +16,15 @@ from sklearn.utils._param_validation import validate_params
 
 from ._image_denoiser import ImageDenoiser
 from ._penalties import PENALTIES
+from ._refinement import Refinement
 
 FORMAT = "sklearn-ergo-convolutional-denoiser-2"
-# Format 1 (before per-stage parameters) is read as well: the same fields
-# without ``per_stage``.
-_READABLE = (FORMAT, "sklearn-ergo-convolutional-denoiser-1")
+# A model with refinement steps is written as format 3, which readers of
+# format 2 refuse rather than denoise without the steps.  Format 1 (before
+# per-stage parameters) is read as well: the same fields without
+# ``per_stage``.
+REFINED_FORMAT = "sklearn-ergo-convolutional-denoiser-3"
+_READABLE = (FORMAT, REFINED_FORMAT, "sklearn-ergo-convolutional-denoiser-1")
 
 _SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
 _REWEIGHTED_SETTINGS = ("n_stages", "per_stage")
@@ -68,8 +73,11 @@ def save_denoiser(denoiser, path):
 
 def _write(denoiser, path):
     params = denoiser._params()
+    refine = {
+        name: params.pop(name) for name in Refinement.param_names if name in params
+    }
     fields = {
-        "format": np.array(FORMAT),
+        "format": np.array(REFINED_FORMAT if refine else FORMAT),
         "components": params.pop("K"),
         "noise_std": np.array(denoiser.noise_std_),
     }
@@ -79,6 +87,7 @@ def _write(denoiser, path):
             (key, np.array(getattr(denoiser, key))) for key in _REWEIGHTED_SETTINGS
         )
         fields.update(params)
+    fields.update(refine)
     np.savez(path, **fields)
 
 
@@ -118,6 +127,9 @@ def load_denoiser(path):
     penalty = PENALTIES.get(str(fields.get("penalty")))
     if penalty is not None and penalty.reweighted:
         required.update(("n_stages", *penalty.param_names))
+    refined = str(fields["format"]) == REFINED_FORMAT
+    if refined:
+        required.update(Refinement.param_names)
     missing = required - fields.keys()
     if missing:
         raise ValueError(f"{path!s} is a damaged model: no {sorted(missing)}.")
@@ -152,6 +164,23 @@ def load_denoiser(path):
             f"{path!s} holds an invalid {settings['penalty']} penalty "
             f"({', '.join(params)}, n_stages): {exc}"
         ) from None
+    if refined:
+        refine = {
+            name: np.asarray(fields[name], dtype=np.float64)
+            for name in Refinement.param_names
+        }
+        settings["n_refine"] = len(refine["refine_weight"])
+        try:
+            if settings["n_refine"] < 1:
+                raise ValueError("no steps")
+            Refinement(settings["n_refine"]).check_params(refine, K.shape[-1])
+            if not all(np.all(np.isfinite(v)) for v in refine.values()):
+                raise ValueError("non-finite values")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{path!s} holds invalid refinement steps: {exc}"
+            ) from None
+        params |= refine
     noise_std = float(fields["noise_std"])
     den = ImageDenoiser(
         n_filters=K.shape[-2], patch_size=p, noise_std=noise_std, **settings

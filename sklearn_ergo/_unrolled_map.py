@@ -16,7 +16,8 @@ parameters (``Log``: ``"eps"``, one per row of ``K``; ``ShapedLog`` also
 ``per_stage=True`` each array has a leading axis of ``n_stages``: stage ``s``
 has its own operator ``K_s`` and penalty parameters (stage 1 of a reweighted
 penalty is the l1 model and uses none of them).  Gradients come back in the
-same structure.
+same structure.  A :class:`~._refinement.Refinement` adds reaction-diffusion
+steps after the stages, with their own parameters (``refine_*``).
 """
 
 import dataclasses
@@ -131,6 +132,9 @@ class UnrolledMap:
     n_stages : int
     per_stage : bool
         Whether every stage has its own parameters (leading stage axis).
+    refinement : Refinement or None
+        Reaction-diffusion steps applied to the last stage's output (see
+        :mod:`._refinement`), with the same operator factory.
     """
 
     n_layers: int
@@ -141,10 +145,13 @@ class UnrolledMap:
     operator: Callable = DenseOperator
     n_stages: int = 1
     per_stage: bool = False
+    refinement: Any = None
 
     def __post_init__(self):
         if self.unroll == "implicit":
             check_implicit_penalty(self.penalty)
+            if self.refinement is not None:
+                raise ValueError("unroll='implicit' takes no refinement steps.")
             alpha = None
         else:
             alpha = output_weights(self.n_layers, self.unroll, self.ergodic_weights)
@@ -157,7 +164,16 @@ class UnrolledMap:
 
     @property
     def param_names(self):
+        return ("K", *self.stage_param_names[1:], *self._refine_names)
+
+    @property
+    def stage_param_names(self):
+        """The parameters of the unrolled stages: ``K`` and the penalty's."""
         return ("K", *self.penalty.param_names)
+
+    @property
+    def _refine_names(self):
+        return () if self.refinement is None else self.refinement.param_names
 
     # -- parameters --------------------------------------------------------
     def check_params(self, params):
@@ -175,6 +191,14 @@ class UnrolledMap:
         rows = (*lead, np.shape(K)[-2])
         for name in self.penalty.param_names:
             self.penalty.check_param(name, params[name], rows)
+        if self.refinement is not None:
+            self.refinement.check_params(params, np.shape(K)[-1])
+
+    def refine_params(self, params):
+        """The refinement steps' parameters of ``params`` (None without)."""
+        if self.refinement is None:
+            return None
+        return {name: params[name] for name in self.refinement.param_names}
 
     def stages(self, params):
         """Every stage's :class:`Stage` (the steps from its operator's norm)."""
@@ -194,8 +218,12 @@ class UnrolledMap:
         return stages * (self.n_stages // n_distinct)
 
     # -- one chunk, in this process ----------------------------------------
-    def forward(self, stages, X, *, record=False):
-        """Output for the rows ``X`` and, with ``record``, every stage's tape."""
+    def forward(self, stages, X, *, record=False, refine=None):
+        """Output for the rows ``X`` and, with ``record``, every stage's tape.
+
+        With ``refine`` (:meth:`refine_params`) the refinement steps follow,
+        their inputs the last tape.
+        """
         x, tapes = None, []
         for s, stage in enumerate(stages):
             op = self.operator(stage.K)
@@ -218,6 +246,11 @@ class UnrolledMap:
             x, tape = forward(op, data, stage.steps, penalty, self.alpha, record=record)
             if record:
                 tapes.append((x_in, data, z, w, penalty, tape))
+        if refine is not None:
+            x, inputs = self.refinement.forward(
+                self.operator, refine, x, X, record=record
+            )
+            tapes.append(inputs)
         return x, tapes
 
     def _stage_data(self, s, stage, X, x):
@@ -230,13 +263,20 @@ class UnrolledMap:
         data += X
         return data
 
-    def backward(self, stages, X, tapes, g, *, on_layer=None):
+    def backward(self, stages, X, tapes, g, *, on_layer=None, refine=None):
         """Gradients of ``<g, output>`` per stage, at fixed steps.
 
         Returns a list (per stage) of ``(grads, sigma_sens, tau_sens)``,
-        ``grads`` a dict of the stage's parameters; ``on_layer`` is passed to
+        ``grads`` a dict of the stage's parameters, and the refinement steps'
+        gradients (None without ``refine``, the parameters that
+        :meth:`forward` had); ``on_layer`` is passed to
         :func:`~sklearn_ergo._chambolle_pock.backward`.
         """
+        refine_grads = None
+        if refine is not None:
+            g, refine_grads = self.refinement.backward(
+                self.operator, refine, X, tapes[-1], g
+            )
         out = [None] * len(stages)
         for s in reversed(range(len(stages))):
             stage = stages[s]
@@ -287,7 +327,7 @@ class UnrolledMap:
                 grads["blend"] = np.asarray(np.vdot(data_grad, x_in - X), dtype=X.dtype)
                 g += blend * data_grad
             out[s] = (grads, sigma_sens, tau_sens)
-        return out
+        return out, refine_grads
 
     def _threads_per_chunk(self, n_chunks, n_jobs):
         """This map, its operator given the workers that the chunks leave idle.
@@ -317,6 +357,8 @@ class UnrolledMap:
         per_row = (op.n_primal + op.n_dual) * X.itemsize
         if record:
             per_row *= self.n_stages * (self.n_layers + 1)
+            if self.refinement is not None:  # every step's input
+                per_row += self.refinement.n_steps * op.n_primal * X.itemsize
         slices = chunk_slices(
             len(X),
             per_row if record else 3 * per_row,
@@ -367,20 +409,23 @@ class UnrolledMap:
             )
             return loss, {"K": grad}
         stages, slices, umap = self._plan(params, X_noisy, n_jobs, chunk_size, True)
+        refine = self.refine_params(params)
         results = map_chunks(
             _chunk_loss_grad,
             slices,
             n_jobs,
             umap,
             stages,
+            refine,
             X_noisy,
             X_clean,
             loss_weights,
         )
         loss = sum(r[0] for r in results)
+        names = self.stage_param_names
         per_stage = [
             (
-                {name: sum(r[1][s][0][name] for r in results) for name in params},
+                {name: sum(r[1][s][0][name] for r in results) for name in names},
                 sum(r[1][s][1] for r in results),
                 sum(r[1][s][2] for r in results),
             )
@@ -391,7 +436,7 @@ class UnrolledMap:
             # of every stage come from the one norm.
             per_stage = [
                 (
-                    {name: sum(p[0][name] for p in per_stage) for name in params},
+                    {name: sum(p[0][name] for p in per_stage) for name in names},
                     sum(p[1] for p in per_stage),
                     sum(p[2] for p in per_stage),
                 )
@@ -411,8 +456,10 @@ class UnrolledMap:
             name: np.stack([p[0][name] for p in per_stage])
             if self.per_stage
             else per_stage[0][0][name]
-            for name in params
+            for name in names
         }
+        for name in self._refine_names:
+            grads[name] = sum(r[2][name] for r in results)
         return loss, {
             name: g.astype(np.asarray(params[name]).dtype, copy=False)
             for name, g in grads.items()
@@ -425,7 +472,8 @@ class UnrolledMap:
                 params["K"], X_noisy, self.penalty, n_jobs=n_jobs, chunk_size=chunk_size
             )
         stages, slices, umap = self._plan(params, X_noisy, n_jobs, chunk_size, False)
-        parts = map_chunks(_chunk_apply, slices, n_jobs, umap, stages, X_noisy)
+        refine = self.refine_params(params)
+        parts = map_chunks(_chunk_apply, slices, n_jobs, umap, stages, refine, X_noisy)
         return np.concatenate(parts) if parts else np.empty_like(X_noisy)
 
 
@@ -434,16 +482,17 @@ def _cast(params, dtype):
     return {name: np.asarray(value, dtype=dtype) for name, value in params.items()}
 
 
-def _chunk_loss_grad(umap, stages, X_noisy, X_clean, loss_weights, rows):
+def _chunk_loss_grad(umap, stages, refine, X_noisy, X_clean, loss_weights, rows):
     X = X_noisy[rows]
-    X_hat, tapes = umap.forward(stages, X, record=True)
+    X_hat, tapes = umap.forward(stages, X, record=True, refine=refine)
     residual = X_hat - X_clean[rows]
     g = residual if loss_weights is None else residual * loss_weights
     n_total = len(X_noisy)
     loss = 0.5 * float(np.vdot(g, residual)) / n_total
     g /= n_total
-    return loss, umap.backward(stages, X, tapes, g)
+    per_stage, refine_grads = umap.backward(stages, X, tapes, g, refine=refine)
+    return loss, per_stage, refine_grads
 
 
-def _chunk_apply(umap, stages, X_noisy, rows):
-    return umap.forward(stages, X_noisy[rows])[0]
+def _chunk_apply(umap, stages, refine, X_noisy, rows):
+    return umap.forward(stages, X_noisy[rows], refine=refine)[0]

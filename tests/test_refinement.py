@@ -1,0 +1,148 @@
+"""Reaction-diffusion refinement steps after the unrolled stages."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import fd_relative_error
+
+from sklearn_ergo._convolutional import images_loss_grad, on_images
+from sklearn_ergo._init import initial_filters
+from sklearn_ergo._operators import DenseOperator
+from sklearn_ergo._penalties import L1, BlendedShapedLog, Huber, Log
+from sklearn_ergo._refinement import Refinement, dct_filters
+from sklearn_ergo._steps import AcceleratedSteps
+from sklearn_ergo._unrolled_map import UnrolledMap
+
+
+def _problem(refinement, penalty, n_stages, per_stage, seed=0, m=4, p=3):
+    rng = np.random.default_rng(seed)
+    clean = rng.uniform(size=(3, 9, 8))
+    noisy = clean + 0.2 * rng.standard_normal(clean.shape)
+    umap = UnrolledMap(
+        5,
+        "ergodic",
+        penalty=penalty,
+        steps=AcceleratedSteps(),
+        n_stages=n_stages,
+        per_stage=per_stage,
+        refinement=refinement,
+    )
+    lead = (n_stages,) if per_stage else ()
+    K = 0.3 * initial_filters(m, p, rng)
+    if per_stage:
+        K = np.stack([K * (1 - 0.2 * s) for s in range(n_stages)])
+    params = {"K": K}
+    for name in penalty.param_names:
+        if name == "eps":
+            params[name] = rng.uniform(0.02, 0.2, size=(*lead, m))
+        elif name == "blend":
+            params[name] = rng.uniform(0.2, 0.6, size=lead)
+        else:
+            params[name] = penalty.initial_param(name, (*lead, m))
+    start = refinement.initial_params(p * p - 2, p * p)
+    # Influence functions away from 0 (else the filters get no gradient) and
+    # filters away from the DCT basis.
+    start["refine_phi"] = 0.05 * rng.standard_normal(start["refine_phi"].shape)
+    start["refine_filters"] += 0.1 * rng.standard_normal(start["refine_filters"].shape)
+    start["refine_weight"] = rng.uniform(0.1, 0.3, size=refinement.n_steps)
+    return umap, params | start, noisy, clean, rng
+
+
+@pytest.mark.parametrize("n_steps", [1, 2])
+@pytest.mark.parametrize(
+    "penalty, n_stages, per_stage",
+    [(L1(), 1, False), (Log(), 2, True), (BlendedShapedLog(), 2, False)],
+    ids=["l1", "log-per-stage", "blended"],
+)
+def test_gradient_matches_finite_differences(n_steps, penalty, n_stages, per_stage):
+    # Few knots: a direction's central difference then rarely straddles a
+    # knot, where the influence function has a kink.
+    refinement = Refinement(n_steps, n_knots=9, bound=0.5)
+    umap, params, noisy, clean, rng = _problem(refinement, penalty, n_stages, per_stage)
+    loss, grads = images_loss_grad(umap, params, noisy, clean, border=1)
+    assert set(grads) == set(params)
+    for name in params:
+
+        def f(v, name=name):
+            return images_loss_grad(umap, params | {name: v}, noisy, clean, border=1)[0]
+
+        h = 1e-7 if name == "K" else 1e-6
+        for _ in range(2):
+            err = fd_relative_error(f, params[name], grads[name], rng, h=h)
+            assert err <= 1e-6, name
+        assert np.abs(grads[name]).max() > 0, name
+
+
+def test_gradient_with_the_dense_operator():
+    refinement = Refinement(2, n_knots=9, bound=0.5)
+    rng = np.random.default_rng(3)
+    X_clean = np.repeat(rng.uniform(size=(20, 3)), 3, axis=1)
+    X_noisy = X_clean + 0.1 * rng.standard_normal(X_clean.shape)
+    umap = UnrolledMap(6, "last", refinement=refinement)
+    params = {"K": 0.2 * np.diff(np.eye(9), axis=0)} | refinement.initial_params(5, 9)
+    params["refine_phi"] = 0.05 * rng.standard_normal(params["refine_phi"].shape)
+    params["refine_weight"] = np.array([0.2, 0.1])
+    loss, grads = umap.loss_grad(params, X_noisy, X_clean)
+    for name in params:
+
+        def f(v, name=name):
+            return umap.loss_grad(params | {name: v}, X_noisy, X_clean)[0]
+
+        err = fd_relative_error(f, params[name], grads[name], rng, h=1e-7)
+        assert err <= 1e-6, name
+
+
+def test_initial_steps_are_the_identity():
+    refinement = Refinement(2)
+    umap, params, noisy, _, _ = _problem(refinement, Log(), 2, False)
+    params |= refinement.initial_params(7, 9)
+    plain = dataclasses.replace(umap, refinement=None)
+    base = {k: params[k] for k in plain.param_names}
+    images = on_images(umap, noisy.shape[1:], 3)
+    X = noisy.reshape(len(noisy), -1)
+    out = images.apply(params, X)
+    np.testing.assert_array_equal(
+        out, on_images(plain, noisy.shape[1:], 3).apply(base, X)
+    )
+
+
+def test_step_is_reaction_diffusion():
+    """Against a direct evaluation of ``x - R^T phi(R x) - lam (x - x~)``."""
+    rng = np.random.default_rng(1)
+    refinement = Refinement(1, n_knots=5, bound=1.0)
+    R = rng.standard_normal((1, 3, 4))
+    phi = rng.standard_normal((1, 3, 5))
+    x, X = rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+    params = {"refine_filters": R, "refine_phi": phi, "refine_weight": np.array([0.3])}
+    out, _ = refinement.forward(DenseOperator, params, x, X)
+    Rc = R[0] - R[0].mean(axis=1, keepdims=True)
+    knots = np.linspace(-1.0, 1.0, 5)
+    z = x @ Rc.T
+    value = np.stack(
+        [[np.interp(z[i, k], knots, phi[0, k]) for k in range(3)] for i in range(2)]
+    )
+    np.testing.assert_allclose(out, x - value @ Rc - 0.3 * (x - X), atol=1e-12)
+
+
+def test_dct_filters_are_an_orthonormal_zero_mean_basis():
+    D = dct_filters(48, 49)
+    np.testing.assert_allclose(D @ D.T, np.eye(48), atol=1e-12)
+    np.testing.assert_allclose(D.sum(axis=1), 0.0, atol=1e-12)
+    assert dct_filters(3, 5).shape == (3, 5)  # 1-D atoms
+    with pytest.raises(ValueError, match="at most 48 zero-mean filters"):
+        dct_filters(49, 49)
+
+
+def test_parameters_are_checked():
+    umap = UnrolledMap(3, refinement=Refinement(2))
+    params = {"K": np.ones((2, 9))} | Refinement(2).initial_params(4, 9)
+    umap.check_params(params)
+    with pytest.raises(ValueError, match="refine_filters must have shape"):
+        umap.check_params(params | {"refine_filters": np.ones((1, 4, 9))})
+    with pytest.raises(ValueError, match="refine_phi must have shape"):
+        umap.check_params(params | {"refine_phi": np.ones((2, 4, 8))})
+    with pytest.raises(ValueError, match="params must hold"):
+        umap.check_params({"K": np.ones((2, 9))})
+    with pytest.raises(ValueError, match="no refinement"):
+        UnrolledMap(3, "implicit", penalty=Huber(0.01), refinement=Refinement())
