@@ -56,14 +56,21 @@ def _positive_float(text):
     return value
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def _int_from(low, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_from(1, "positive")
+_count = _int_from(0, "0 or more")
 
 
 def build_parser():
@@ -210,6 +217,13 @@ def _add_train(sub):
         help="fine-tune a trained model: a model file, or 'shipped' for the "
         "model denoise_image runs at --sigma; its settings replace --n-filters, "
         "--patch-size, --n-layers and --n-stages",
+    )
+    folder.add_argument(
+        "--n-refine",
+        type=_count,
+        help="reaction-diffusion steps after the stages, learned with them "
+        "(default 0; with --start the start model's, and more append steps "
+        "that start as the identity)",
     )
     folder.add_argument(
         "--steps", type=_positive_int, default=1000, help="Adam steps (default 1000)"
@@ -364,8 +378,8 @@ def _train(args):
         return _train_folder(args)
     if not args.images:
         raise CommandError("give clean image files or --data DIR")
-    if args.start is not None:
-        raise CommandError("--start goes with --data")
+    if args.start is not None or args.n_refine is not None:
+        raise CommandError("--start and --n-refine go with --data")
     args.penalty = args.penalty or "log"
     from ._image_denoiser import ImageDenoiser
     from ._model_io import save_denoiser
@@ -445,6 +459,7 @@ def _train_folder(args):
                 args.n_layers,
                 args.n_stages,
                 penalty=args.penalty,
+                n_refine=args.n_refine or 0,
                 n_jobs=args.n_jobs,
             )
         else:
@@ -454,7 +469,11 @@ def _train_folder(args):
                 else load_denoiser(args.start)
             )
             model = ImageModel.from_denoiser(
-                start, args.sigma / 255.0, penalty=args.penalty, n_jobs=args.n_jobs
+                start,
+                args.sigma / 255.0,
+                penalty=args.penalty,
+                n_refine=args.n_refine,
+                n_jobs=args.n_jobs,
             )
         result = train(
             model,

@@ -155,7 +155,7 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         each maps ``x`` to ``x - R^T phi(R x) - lam (x - x~)`` with its own
         ``patch_size ** 2 - 1`` zero-mean filters ``R``, a learned piecewise
         linear influence function ``phi`` per filter and a learned weight
-        ``lam`` (TNRD's step; ``docs/math.md``, section 7).  They start as
+        ``lam`` (TNRD's step; ``docs/math.md``, section 12).  They start as
         the identity and cost two convolutions each.
     noise_std : float, default=25/255
         Standard deviation of the Gaussian noise added to clean training

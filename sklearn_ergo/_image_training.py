@@ -231,13 +231,13 @@ class ImageModel:
             )
         if den.n_refine and patch_size != den.patch_size:
             raise ValueError("A model with refinement steps keeps its patch_size.")
-        if n_refine:
+        if den.n_refine:
+            start |= {n: getattr(den, f"{n}_") for n in Refinement.param_names}
+        if n_refine > den.n_refine:
             n = patch_size**2
             added = Refinement(n_refine - den.n_refine).initial_params(n - 1, n)
             for name, value in added.items():
-                if den.n_refine:
-                    value = np.concatenate([getattr(den, f"{name}_"), value])
-                start[name] = value
+                start[name] = np.concatenate([start.get(name, value[:0]), value])
         return cls(
             den.components_.shape[-2],
             patch_size,

@@ -27,6 +27,8 @@ import numpy as np
 import scipy.fft
 
 PARAM_NAMES = ("refine_filters", "refine_phi", "refine_weight")
+#: Responses per block of the influence functions' evaluation.
+_BLOCK = 1 << 15
 
 
 def dct_filters(n_filters, n_features):
@@ -104,21 +106,47 @@ class Refinement:
         phi = np.asarray(params["refine_phi"][k], dtype=dtype)
         return R, phi, float(params["refine_weight"][k])
 
-    def _influence(self, z, phi):
-        """``phi(z)`` and ``phi'(z)`` per filter (last axis), and the knot
-        indices and fractions (flat in ``phi``) that the gradient needs."""
-        m = phi.shape[0]
-        t = (z.reshape(-1, m) + self.bound) * (1.0 / self.spacing)
-        inside = (t > 0) & (t < self.n_knots - 1)
-        np.clip(t, 0, self.n_knots - 1, out=t)
-        i = np.minimum(t.astype(np.intp), self.n_knots - 2)
-        frac = t - i
-        i += np.arange(m) * self.n_knots
+    def _influence(self, z, phi, *, grad=False):
+        """``phi(z)`` per filter (the last axis of ``z`` in rows of ``m``).
+
+        With ``grad`` also ``phi'(z)``, and the knot below every response
+        (flat in ``phi``) with its fraction, which the gradient needs.
+        Computed in blocks of responses, in cache, that allocate no
+        image-sized temporaries.
+        """
+        m, n = phi.shape
+        zf = z.reshape(-1, m)
+        value = np.empty_like(zf)
+        if grad:
+            slope, frac = np.empty_like(zf), np.empty_like(zf)
+            index = np.empty(zf.shape, dtype=np.intp)
+        offsets = np.arange(m) * n
         flat = phi.ravel()
-        lo, hi = flat[i], flat[i + 1]
-        value = lo + frac * (hi - lo)
-        slope = np.where(inside, (hi - lo) * (1.0 / self.spacing), 0).astype(z.dtype)
-        return value.reshape(z.shape), slope.reshape(z.shape), i, frac
+        rows = max(_BLOCK // m, 1)
+        for a in range(0, len(zf), rows):
+            b = slice(a, a + rows)
+            t = zf[b] + self.bound
+            t *= 1.0 / self.spacing
+            if grad:
+                outside = (t <= 0) | (t >= n - 1)
+            np.clip(t, 0, n - 1, out=t)
+            i = t.astype(np.intp)
+            np.minimum(i, n - 2, out=i)
+            t -= i
+            i += offsets
+            lo = flat[i]
+            step = flat[i + 1]
+            step -= lo
+            np.multiply(step, t, out=value[b])
+            value[b] += lo
+            if grad:
+                step *= 1.0 / self.spacing
+                step[outside] = 0.0
+                slope[b], frac[b], index[b] = step, t, i
+        value = value.reshape(z.shape)
+        if not grad:
+            return value
+        return value, slope.reshape(z.shape), index, frac
 
     def forward(self, operator, params, x, X, *, record=False):
         """The steps from the stages' output ``x`` (rows), and their inputs."""
@@ -128,7 +156,7 @@ class Refinement:
             op = operator(R)
             if record:
                 inputs.append(x)
-            value = self._influence(op.apply(x), phi)[0]
+            value = self._influence(op.apply(x), phi)
             y = x - op.adjoint(value)
             if lam:
                 y -= lam * (x - X)
@@ -145,7 +173,7 @@ class Refinement:
             x = inputs[k]
             R, phi, lam = self._step_params(params, k, x.dtype)
             op = operator(R)
-            value, slope, i, frac = self._influence(op.apply(x), phi)
+            value, slope, i, frac = self._influence(op.apply(x), phi, grad=True)
             q = op.apply(g)  # d<g, out>/d phi(z) is -q
             q_slope = q * slope
             # out = x - R^T phi(R x) - lam (x - x~): R enters twice.

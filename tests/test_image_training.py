@@ -414,6 +414,11 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     argv_shaped = [*argv[:6], str(shaped), *argv[7:], "--penalty", "shaped_log"]
     assert main(argv_shaped) == 0
     assert load_denoiser(shaped).shape_.shape == (3, 8)
+    # A refinement step after the stages, learned with them.
+    refined = tmp_path / "refined.npz"
+    argv_refined = [*argv[:6], str(refined), *argv[7:], "--n-refine", "1"]
+    assert main(argv_refined) == 0
+    assert load_denoiser(refined).refine_phi_.shape == (1, 8, 63)
     # Fine-tuning the shipped model at another level: its settings, its level.
     tuned = tmp_path / "tuned.npz"
     argv_tuned = ["train", "--data", str(data), "--sigma", "15", "-o", str(tuned)]
@@ -441,7 +446,8 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
         ([], "give clean image files or --data DIR"),
         (["--data", "missing-dir"], "is not a folder"),
         (["--data", ".", "x.png"], "not both"),
-        (["x.png", "--start", "shipped"], "--start goes with --data"),
+        (["x.png", "--start", "shipped"], "--start and --n-refine go with --data"),
+        (["x.png", "--n-refine", "1"], "--start and --n-refine go with --data"),
         (["--data", ".", "--penalty", "l1"], "--data trains a reweighted model"),
     ],
 )

@@ -4,10 +4,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+import sklearn.base
 from conftest import fd_relative_error
 
+from sklearn_ergo import ImageDenoiser, load_denoiser, save_denoiser
 from sklearn_ergo._convolutional import images_loss_grad, on_images
+from sklearn_ergo._image_training import ImageModel
 from sklearn_ergo._init import initial_filters
+from sklearn_ergo._model_io import REFINED_FORMAT
 from sklearn_ergo._operators import DenseOperator
 from sklearn_ergo._penalties import L1, BlendedShapedLog, Huber, Log
 from sklearn_ergo._refinement import Refinement, dct_filters
@@ -146,3 +150,101 @@ def test_parameters_are_checked():
         umap.check_params({"K": np.ones((2, 9))})
     with pytest.raises(ValueError, match="no refinement"):
         UnrolledMap(3, "implicit", penalty=Huber(0.01), refinement=Refinement())
+
+
+@pytest.fixture(scope="module")
+def refined_denoiser():
+    rng = np.random.default_rng(0)
+    clean = np.kron(rng.uniform(size=(6, 6)), np.ones((8, 8)))
+    den = ImageDenoiser(
+        n_filters=4,
+        patch_size=3,
+        n_layers=5,
+        penalty="log",
+        n_refine=1,
+        crop_size=24,
+        n_crops=4,
+        max_iter=4,
+        redraw_every=2,
+        noise_std=0.1,
+        random_state=0,
+    )
+    return den.fit([clean]), clean, rng
+
+
+def test_denoiser_learns_the_steps_and_saves_them(refined_denoiser, tmp_path):
+    den, clean, rng = refined_denoiser
+    assert den.refine_filters_.shape == (1, 8, 9)
+    assert den.refine_phi_.shape == (1, 8, 63)
+    assert np.abs(den.refine_phi_).max() > 0  # learned, not the identity
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    save_denoiser(den, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        assert str(f["format"]) == REFINED_FORMAT
+    loaded = load_denoiser(tmp_path / "m.npz")
+    assert loaded.n_refine == 1
+    np.testing.assert_array_equal(loaded.denoise(noisy), den.denoise(noisy))
+    # Without the steps the output differs: they are applied.
+    plain = sklearn.base.clone(loaded).set_params(n_refine=0)
+    for name in ("components_", "eps_", "noise_std_"):
+        setattr(plain, name, getattr(loaded, name))
+    assert not np.array_equal(plain.denoise(noisy), den.denoise(noisy))
+    # Refit without steps: no stale step attributes.
+    den2 = sklearn.base.clone(den).set_params(n_refine=0, max_iter=1)
+    den2.refine_phi_ = den.refine_phi_
+    assert not hasattr(den2.fit([clean]), "refine_phi_")
+
+
+def test_damaged_refined_file_is_refused(refined_denoiser, tmp_path):
+    den = refined_denoiser[0]
+    save_denoiser(den, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        fields = dict(f)
+    np.savez(
+        tmp_path / "no_phi.npz",
+        **{k: v for k, v in fields.items() if k != "refine_phi"},
+    )
+    with pytest.raises(ValueError, match="damaged model: no \\['refine_phi'\\]"):
+        load_denoiser(tmp_path / "no_phi.npz")
+    np.savez(tmp_path / "bad.npz", **(fields | {"refine_phi": np.ones((1, 8, 5))}))
+    with pytest.raises(ValueError, match="invalid refinement steps"):
+        load_denoiser(tmp_path / "bad.npz")
+
+
+def test_steps_added_to_a_trained_model_start_as_the_identity(refined_denoiser):
+    den, clean, rng = refined_denoiser
+    images = (clean + 0.1 * rng.standard_normal(clean.shape))[None]
+    same = ImageModel.from_denoiser(den, 0.1)
+    more = ImageModel.from_denoiser(den, 0.1, n_refine=3)
+    p_same = same.initial_params(None, None, None)
+    p_more = more.initial_params(None, None, None)
+    assert p_more["refine_phi"].shape == (3, 8, 63)
+    np.testing.assert_array_equal(p_more["refine_phi"][0], den.refine_phi_[0])
+    np.testing.assert_allclose(
+        more.denoise(p_more, images), same.denoise(p_same, images), atol=1e-12
+    )
+    assert more.settings()["n_refine"] == 3
+    with pytest.raises(ValueError, match="would drop refinement steps"):
+        ImageModel.from_denoiser(den, 0.1, n_refine=0)
+
+
+def test_patch_model_takes_no_steps():
+    with pytest.raises(ValueError, match="n_refine > 0 needs"):
+        ImageDenoiser("patch", n_refine=1).fit([np.zeros((16, 16))])
+
+
+def test_influence_by_blocks_is_the_whole(monkeypatch):
+    from sklearn_ergo import _refinement
+
+    rng = np.random.default_rng(2)
+    refinement = Refinement(1, n_knots=7, bound=0.5)
+    z = rng.uniform(-0.8, 0.8, size=(3, 40)).astype(np.float32)  # 10 filters
+    phi = rng.standard_normal((10, 7)).astype(np.float32)
+    whole = refinement._influence(z, phi, grad=True)
+    monkeypatch.setattr(_refinement, "_BLOCK", 25)  # 2 rows of 10 per block
+    blocks = refinement._influence(z, phi, grad=True)
+    for a, b in zip(whole, blocks, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert whole[0].dtype == np.float32 and whole[1].dtype == np.float32
+    np.testing.assert_array_equal(refinement._influence(z, phi), whole[0])
+    assert np.all(whole[1][np.abs(z) >= 0.5] == 0)  # constant outside
