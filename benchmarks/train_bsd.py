@@ -99,6 +99,11 @@ def main(argv=None):
         choices=["log", "shaped_log", "shifted_log", "blended_log"],
         help="log; with --start: the start model's",
     )
+    parser.add_argument(
+        "--stages-fixed",
+        action="store_true",
+        help="learn only the refinement steps (the stages run forward only)",
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1000)
@@ -149,6 +154,7 @@ def main(argv=None):
             n_stages=args.n_stages,
             n_layers=args.n_layers,
             n_refine=args.n_refine,
+            stages_fixed=args.stages_fixed,
             n_jobs=args.n_jobs,
         )
     else:
@@ -163,6 +169,7 @@ def main(argv=None):
             penalty=args.penalty,
             per_stage=args.per_stage,
             n_refine=args.n_refine or 0,
+            stages_fixed=args.stages_fixed,
             init=embedded_filters(
                 args.init, args.n_filters, args.patch_size, args.seed
             ),

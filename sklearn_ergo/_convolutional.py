@@ -374,7 +374,9 @@ def on_images(umap, shape, patch_size):
     return dataclasses.replace(umap, operator=operator)
 
 
-def images_loss_grad(umap, params, noisy, clean, *, border=0, n_jobs=None):
+def images_loss_grad(
+    umap, params, noisy, clean, *, border=0, n_jobs=None, stages_fixed=False
+):
     """:meth:`UnrolledMap.loss_grad` on ``(N, H, W)`` images (already padded).
 
     The loss is ``(1 / N) sum_i ||x^_i - x_i||^2 / 2`` over the pixels more
@@ -382,6 +384,7 @@ def images_loss_grad(umap, params, noisy, clean, *, border=0, n_jobs=None):
     :func:`pad_images`, the pixels that :func:`denoise_images` returns.  The
     padding's mirrored noise is not independent, and its errors would
     otherwise weigh as much as the interior's on small crops.
+    ``stages_fixed``: see :meth:`UnrolledMap.loss_grad`.
     """
     N, H, W = noisy.shape
     umap = on_images(umap, (H, W), patch_size_of(params["K"]))
@@ -396,6 +399,7 @@ def images_loss_grad(umap, params, noisy, clean, *, border=0, n_jobs=None):
         clean.reshape(N, H * W),
         loss_weights=weights,
         n_jobs=n_jobs,
+        stages_fixed=stages_fixed,
     )
 
 

@@ -117,7 +117,8 @@ class ImageModel:
     leading stage axis ``S = n_stages`` when ``per_stage``; ``unroll`` is the
     output of each stage (``"last"`` iterate or ``"ergodic"`` average).
     ``n_refine`` reaction-diffusion steps follow the stages (their
-    parameters ``refine_*``, see :mod:`~sklearn_ergo._refinement`).
+    parameters ``refine_*``, see :mod:`~sklearn_ergo._refinement`); with
+    ``stages_fixed`` only they learn, and the stages run forward only.
     ``init`` filters (shape ``(n_filters, p * p)``), e.g. those of a smaller
     trained model embedded in larger supports, replace the TV start.  The
     loss is over the crops' own pixels, not their padding.
@@ -143,6 +144,7 @@ class ImageModel:
         penalty="log",
         per_stage=False,
         n_refine=0,
+        stages_fixed=False,
         init=None,
         start=None,
         scale=1.0,
@@ -158,6 +160,9 @@ class ImageModel:
             else {k: np.asarray(v, dtype=np.float64) for k, v in start.items()}
         )
         self.scale = float(scale)
+        if stages_fixed and not n_refine:
+            raise ValueError("stages_fixed=True needs n_refine > 0 steps to learn.")
+        self.stages_fixed = bool(stages_fixed)
         self.denoiser = ImageDenoiser(
             n_filters=n_filters,
             patch_size=patch_size,
@@ -187,6 +192,7 @@ class ImageModel:
         n_stages=None,
         n_layers=None,
         n_refine=None,
+        stages_fixed=False,
         n_jobs=None,
     ):
         """A model that starts as the fitted ``den`` applied at ``noise_std``.
@@ -247,6 +253,7 @@ class ImageModel:
             penalty=penalty,
             per_stage=den.per_stage,
             n_refine=n_refine,
+            stages_fixed=stages_fixed,
             start=start,
             scale=den.noise_std_ / noise_std,
             n_jobs=n_jobs,
@@ -265,6 +272,8 @@ class ImageModel:
         penalty = {} if den.penalty == "log" else {"penalty": den.penalty}
         if den.n_refine:
             penalty["n_refine"] = den.n_refine
+        if self.stages_fixed:
+            penalty["stages_fixed"] = True
         return penalty | {
             "model": "convolutional-log",
             "n_filters": den.n_filters,
@@ -290,6 +299,7 @@ class ImageModel:
             a * clean + shift,
             border=self.pad,
             n_jobs=den.n_jobs,
+            stages_fixed=self.stages_fixed,
         )
         return loss / a**2, {k: g / a**2 for k, g in grads.items()}
 
