@@ -248,3 +248,25 @@ def test_influence_by_blocks_is_the_whole(monkeypatch):
     assert whole[0].dtype == np.float32 and whole[1].dtype == np.float32
     np.testing.assert_array_equal(refinement._influence(z, phi), whole[0])
     assert np.all(whole[1][np.abs(z) >= 0.5] == 0)  # constant outside
+
+
+def test_fixed_stages_give_the_steps_their_gradients_only():
+    refinement = Refinement(2, n_knots=9, bound=0.5)
+    umap, params, noisy, clean, _ = _problem(refinement, Log(), 2, True)
+    loss, grads = images_loss_grad(umap, params, noisy, clean, border=1)
+    loss_f, grads_f = images_loss_grad(
+        umap, params, noisy, clean, border=1, stages_fixed=True
+    )
+    assert loss_f == pytest.approx(loss, rel=1e-12)
+    for name in params:
+        if name.startswith("refine_"):
+            np.testing.assert_allclose(grads_f[name], grads[name], rtol=1e-10)
+        else:
+            assert grads_f[name].shape == params[name].shape
+            assert not grads_f[name].any()
+    plain = dataclasses.replace(umap, refinement=None)
+    base = {k: params[k] for k in plain.param_names}
+    with pytest.raises(ValueError, match="needs refinement steps"):
+        images_loss_grad(plain, base, noisy, clean, stages_fixed=True)
+    with pytest.raises(ValueError, match="needs n_refine > 0"):
+        ImageModel(stages_fixed=True)
