@@ -16,7 +16,10 @@ The model is any object with
   are ``(N, H, W)`` crops padded by ``model.pad`` pixels on each side;
 - ``denoise(params, images) -> images`` for ``(N, H, W)`` images;
 - ``pad`` (int), ``positive`` (the keys of parameters that must stay
-  positive: they are optimised through their logarithm), ``settings()`` (a
+  positive: they are optimised through their logarithm), ``scales`` (a dict:
+  the fixed scale of a parameter group's steps, see
+  :class:`~sklearn_ergo._optim.ParameterVector`; others step relative to
+  their root mean square), ``settings()`` (a
   dict of JSON values that identifies the model in a checkpoint) and
   ``initial_params(clean, noisy, rng)``.
 
@@ -180,6 +183,10 @@ class ImageModel:
         if not umap.penalty.reweighted:
             raise ValueError(f"penalty must be reweighted, got {penalty!r}.")
         self.positive = umap.penalty.positive_params
+        # The refinement filters start as a unit-norm basis: they step in
+        # absolute units, as in the autograd probe whose steps gained; steps
+        # relative to their RMS (1 / p) would be p times smaller.
+        self.scales = {"refine_filters": 1.0} if n_refine else {}
 
     @classmethod
     def from_denoiser(
@@ -649,7 +656,9 @@ class _Run:
         rng = np.random.default_rng(seed)
         noisy, clean = self.draw(rng)
         params = self.model.initial_params(clean, noisy, rng)
-        self.flat = ParameterVector.from_params(params, self.model.positive)
+        self.flat = ParameterVector.from_params(
+            params, self.model.positive, self.model.scales
+        )
         u = self.flat.pack(params)
         psnr0 = self.validate(self.flat.unpack(u))
         learning_rate = self.config["learning_rate"]
