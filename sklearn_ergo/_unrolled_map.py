@@ -417,27 +417,8 @@ class UnrolledMap:
             params, X_noisy, n_jobs, chunk_size, not stages_fixed
         )
         refine = self.refine_params(params)
-        if stages_fixed:
-            results = map_chunks(
-                _chunk_refine_loss_grad,
-                slices,
-                n_jobs,
-                umap,
-                stages,
-                refine,
-                X_noisy,
-                X_clean,
-                loss_weights,
-            )
-            grads = {
-                name: np.zeros_like(params[name]) for name in self.stage_param_names
-            }
-            for name in self._refine_names:
-                grads[name] = sum(r[1][name] for r in results)
-                grads[name] = grads[name].astype(params[name].dtype, copy=False)
-            return sum(r[0] for r in results), grads
         results = map_chunks(
-            _chunk_loss_grad,
+            _chunk_refine_loss_grad if stages_fixed else _chunk_loss_grad,
             slices,
             n_jobs,
             umap,
@@ -447,6 +428,12 @@ class UnrolledMap:
             X_clean,
             loss_weights,
         )
+        if stages_fixed:
+            grads = {
+                name: np.zeros_like(params[name]) for name in self.stage_param_names
+            }
+            grads.update(_refine_grads(results, params))
+            return sum(r[0] for r in results), grads
         loss = sum(r[0] for r in results)
         names = self.stage_param_names
         per_stage = [
@@ -484,8 +471,7 @@ class UnrolledMap:
             else per_stage[0][0][name]
             for name in names
         }
-        for name in self._refine_names:
-            grads[name] = sum(r[2][name] for r in results)
+        grads.update(_refine_grads(results, params))
         return loss, {
             name: g.astype(np.asarray(params[name]).dtype, copy=False)
             for name, g in grads.items()
@@ -531,7 +517,17 @@ def _chunk_refine_loss_grad(umap, stages, refine, X_noisy, X_clean, loss_weights
     steps = umap.refinement
     X_hat, inputs = steps.forward(umap.operator, refine, x, X, record=True)
     loss, g = _loss_and_output_grad(X_hat, X_clean[rows], loss_weights, len(X_noisy))
-    return loss, steps.backward(umap.operator, refine, X, inputs, g)[1]
+    return loss, None, steps.backward(umap.operator, refine, X, inputs, g)[1]
+
+
+def _refine_grads(results, params):
+    """The refinement steps' gradients, summed over the chunks' ``results``."""
+    if not results or results[0][2] is None:
+        return {}
+    return {
+        name: sum(r[2][name] for r in results).astype(params[name].dtype, copy=False)
+        for name in results[0][2]
+    }
 
 
 def _chunk_apply(umap, stages, refine, X_noisy, rows):
