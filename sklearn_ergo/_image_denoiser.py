@@ -132,8 +132,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         stage's output (``blend_``), starting from the noisy image
         (``"shifted_log"``).  A log model is best started from the filters of
         a trained l1 model (``init``); the shipped model, ``"blended_log"``
-        with per-stage filters, was trained on Train400 by
-        ``benchmarks/train_bsd.py``.
+        with per-stage filters and one refinement step (``n_refine=1``), was
+        trained on Train400 by ``benchmarks/train_bsd.py``.
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"
         Initial filters (convolutional): anisotropic TV plus small zero-mean
@@ -623,8 +623,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _denoise_gray(self, images):
         """Denoise a stack ``(n, H, W)`` of gray images at the trained level."""
         if self.structure == "convolutional":
-            # In float32: on Set12 the shipped model's PSNR is the same to four
-            # decimals at sigma 15/25/50 and 1.9-2.1x faster on one thread
+            # In float32: on Set12 the shipped model's stages (measured before
+            # its refinement step) give the same PSNR to four decimals at sigma
+            # 15/25/50, 1.9-2.1x faster on one thread
             # (benchmarks/bench_float32_denoise.py); the images are scaled to
             # the trained noise level, near [0, 1].
             params = {k: v.astype(np.float32) for k, v in self._params().items()}

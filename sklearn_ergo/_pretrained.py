@@ -14,12 +14,17 @@ copy of the second to start with (``benchmarks/runs/sigma25-48x7-shifted-3stage/
 then 2000 with the data terms of stages 2 and 3 centred on a learned blend of
 the noisy image and the previous stage's output (``penalty="blended_log"``,
 from zero blends: ``benchmarks/runs/sigma25-48x7-blended/``; the command, the
-log and the model of each).  The sigma = 50 model is that model fine-tuned
-1000 steps at sigma = 50 on images rescaled by 25/50, as ``denoise``
-applies it (``benchmarks/runs/sigma50-48x7-blended/``).  The fast model is the
-two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
-stage instead of 20 and trained 1500 more steps so
-(``benchmarks/runs/sigma25-48x7-shifted-12layers/``).
+log and the model of each), then 1200 of a reaction-diffusion refinement step
+after the stages, learned alone with the stages fixed (``n_refine=1``, from
+the identity: ``benchmarks/runs/sigma25-48x7-refine-fixed-abs/``, its step
+900).  The sigma = 50 model is the model before that step fine-tuned 1000
+steps at sigma = 50 on images rescaled by 25/50, as ``denoise`` applies it
+(``benchmarks/runs/sigma50-48x7-blended/``), with the sigma = 25 model's
+refinement step added untrained (``benchmarks/graft_refinement.py``).  The
+fast model is the two-stage model of ``sigma25-48x7-shifted/`` unrolled 12
+iterations per stage instead of 20 and trained 1500 more steps so
+(``benchmarks/runs/sigma25-48x7-shifted-12layers/``), with the same
+refinement step added untrained.
 """
 
 from importlib import resources

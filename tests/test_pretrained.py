@@ -41,6 +41,11 @@ def test_shipped_models(level, fast):
     if not fast:
         assert den.blend_.shape == (S,)
     assert den.n_layers == (12 if fast else 20)
+    # Then one reaction-diffusion step, learned at 25 after the sigma = 25
+    # model's stages, on every file.
+    assert den.n_refine == 1 and den.refine_phi_.shape == (1, 48, 63)
+    assert np.any(den.refine_phi_ != 0)
+    np.testing.assert_array_equal(den.refine_phi_, pretrained_denoiser(25).refine_phi_)
 
 
 def test_fast_model(noisy):
