@@ -226,6 +226,12 @@ def _add_train(sub):
         "that start as the identity)",
     )
     folder.add_argument(
+        "--stages-fixed",
+        action="store_true",
+        help="learn only the refinement steps, the stages as they start (with "
+        "--start: the steps of the shipped model were learned so)",
+    )
+    folder.add_argument(
         "--steps", type=_positive_int, default=1000, help="Adam steps (default 1000)"
     )
     folder.add_argument(
@@ -460,6 +466,7 @@ def _train_folder(args):
                 args.n_stages,
                 penalty=args.penalty,
                 n_refine=args.n_refine or 0,
+                stages_fixed=args.stages_fixed,
                 n_jobs=args.n_jobs,
             )
         else:
@@ -473,6 +480,7 @@ def _train_folder(args):
                 args.sigma / 255.0,
                 penalty=args.penalty,
                 n_refine=args.n_refine,
+                stages_fixed=args.stages_fixed,
                 n_jobs=args.n_jobs,
             )
         result = train(

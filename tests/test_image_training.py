@@ -419,6 +419,20 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     argv_refined = [*argv[:6], str(refined), *argv[7:], "--n-refine", "1"]
     assert main(argv_refined) == 0
     assert load_denoiser(refined).refine_phi_.shape == (1, 8, 63)
+    # The steps alone, after the stages of the model just trained.
+    steps_only = tmp_path / "steps_only.npz"
+    argv_steps = [*argv[:6], str(steps_only), *argv[7:], "--stages-fixed"]
+    assert main([*argv_steps, "--start", str(refined)]) == 0
+    trained = load_denoiser(refined)
+    # (Equal up to the rounding of the optimiser's scaled parameter vector.)
+    np.testing.assert_allclose(
+        load_denoiser(steps_only).components_, trained.components_, rtol=1e-12
+    )
+    # The file holds the best validated step, maybe step 0: the run's last
+    # parameters show what moved.
+    last = _last_params(tmp_path / "steps_only.checkpoint.npz")
+    np.testing.assert_allclose(last["K"], trained.components_, rtol=1e-12)
+    assert not np.array_equal(last["refine_phi"], trained.refine_phi_)
     # Fine-tuning the shipped model at another level: its settings, its level.
     tuned = tmp_path / "tuned.npz"
     argv_tuned = ["train", "--data", str(data), "--sigma", "15", "-o", str(tuned)]
@@ -427,7 +441,9 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     shipped, den = pretrained_denoiser(25), load_denoiser(tuned)
     assert den.components_.shape == shipped.components_.shape
     assert den.penalty == shipped.penalty and den.noise_std_ == shipped.noise_std_
-    assert not np.array_equal(den.components_, shipped.components_)
+    assert not np.array_equal(
+        _last_params(tmp_path / "tuned.checkpoint.npz")["K"], shipped.components_
+    )
     checkpoint = tmp_path / "model.checkpoint.npz"
     assert it.load_checkpoint(checkpoint)[0].step == 4
     # Resuming a finished run only rewrites the model file.
@@ -438,6 +454,11 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main(["denoise", str(noisy), "-o", str(out), "--model", str(model),
                  "--sigma", "25"]) == 0  # fmt: skip
+
+
+def _last_params(checkpoint):
+    state, flat, _ = it.load_checkpoint(checkpoint)
+    return flat.unpack(state.u)
 
 
 @pytest.mark.parametrize(
