@@ -169,8 +169,8 @@ def load_denoiser(path):
             name: np.asarray(fields[name], dtype=np.float64)
             for name in Refinement.param_names
         }
-        settings["n_refine"] = len(refine["refine_weight"])
         try:
+            settings["n_refine"] = len(refine["refine_weight"])  # 0-d: TypeError
             if settings["n_refine"] < 1:
                 raise ValueError("no steps")
             Refinement(settings["n_refine"]).check_params(refine, K.shape[-1])

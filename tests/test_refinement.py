@@ -206,9 +206,10 @@ def test_damaged_refined_file_is_refused(refined_denoiser, tmp_path):
     )
     with pytest.raises(ValueError, match="damaged model: no \\['refine_phi'\\]"):
         load_denoiser(tmp_path / "no_phi.npz")
-    np.savez(tmp_path / "bad.npz", **(fields | {"refine_phi": np.ones((1, 8, 5))}))
-    with pytest.raises(ValueError, match="invalid refinement steps"):
-        load_denoiser(tmp_path / "bad.npz")
+    for bad in ({"refine_phi": np.ones((1, 8, 5))}, {"refine_weight": np.array(0.1)}):
+        np.savez(tmp_path / "bad.npz", **(fields | bad))
+        with pytest.raises(ValueError, match="invalid refinement steps"):
+            load_denoiser(tmp_path / "bad.npz")
 
 
 def test_steps_added_to_a_trained_model_start_as_the_identity(refined_denoiser):
