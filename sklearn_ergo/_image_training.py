@@ -276,12 +276,13 @@ class ImageModel:
             start = _digest(*(self.start[k] for k in sorted(self.start)))
         # The penalty is named only when it is not "log": checkpoints of log
         # models predate the choice and stay resumable.
-        penalty = {} if den.penalty == "log" else {"penalty": den.penalty}
+        # So are refinement steps, and learning them alone.
+        named = {} if den.penalty == "log" else {"penalty": den.penalty}
         if den.n_refine:
-            penalty["n_refine"] = den.n_refine
+            named["n_refine"] = den.n_refine
         if self.stages_fixed:
-            penalty["stages_fixed"] = True
-        return penalty | {
+            named["stages_fixed"] = True
+        return named | {
             "model": "convolutional-log",
             "n_filters": den.n_filters,
             "patch_size": den.patch_size,
