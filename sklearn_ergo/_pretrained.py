@@ -2,7 +2,7 @@
 
 The shipped model is trained by ``benchmarks/train_bsd.py`` on the 400
 Train400 images at sigma = 25/255, with Set12 as the validation set: 48
-filters of 7x7 per stage, three reweighted stages of 20 iterations each.  It
+filters of 7x7 per stage, three reweighted stages of 20 iterations each. It
 grew from 5x5 filters: 6500 steps with the log penalty
 (``benchmarks/runs/sigma25-48x5/``), 1500 with its shape learned too
 (``penalty="shaped_log"``, ``benchmarks/runs/ft25-shaped_log/``), then 4000
@@ -10,21 +10,28 @@ with the filters in 7x7 supports (``benchmarks/runs/sigma25-48x7-shaped/``),
 then 4500 with its second stage centred on a learned gain of the first
 stage's responses (``penalty="shifted_log"``, from zero gains:
 ``benchmarks/runs/sigma25-48x7-shifted/``), then 3000 with a third stage, a
-copy of the second to start with (``benchmarks/runs/sigma25-48x7-shifted-3stage/``),
-then 2000 with the data terms of stages 2 and 3 centred on a learned blend of
-the noisy image and the previous stage's output (``penalty="blended_log"``,
-from zero blends: ``benchmarks/runs/sigma25-48x7-blended/``; the command, the
-log and the model of each), then 1200 of a reaction-diffusion refinement step
-after the stages, learned alone with the stages fixed (``n_refine=1``, from
-the identity: ``benchmarks/runs/sigma25-48x7-refine-fixed-abs/``, its step
-900).  The sigma = 50 model is the model before that step fine-tuned 1000
-steps at sigma = 50 on images rescaled by 25/50, as ``denoise`` applies it
-(``benchmarks/runs/sigma50-48x7-blended/``), with the sigma = 25 model's
-refinement step added untrained (``benchmarks/graft_refinement.py``).  The
-fast model is the two-stage model of ``sigma25-48x7-shifted/`` unrolled 12
-iterations per stage instead of 20 and trained 1500 more steps so
-(``benchmarks/runs/sigma25-48x7-shifted-12layers/``), with the same
-refinement step added untrained.
+copy of the second to start with
+(``benchmarks/runs/sigma25-48x7-shifted-3stage/``), then 2000 with the data
+terms of stages 2 and 3 centred on a learned blend of the noisy image and
+the previous stage's output (``penalty="blended_log"``, from zero blends:
+``benchmarks/runs/sigma25-48x7-blended/``; the command, the log and the
+model of each), then 1200 of a reaction-diffusion refinement step after the
+stages, learned alone with the stages fixed (``n_refine=1``, from the
+identity: ``benchmarks/runs/sigma25-48x7-refine-fixed-abs/``, its step 900).
+The sigma = 15 and sigma = 5 models have the same stages and their step
+learned again at their level, on images rescaled by 25/15 and 25/5 as
+``denoise`` applies them (``benchmarks/runs/sigma15-48x7-refine-fixed/``,
+``sigma5-48x7-refine-fixed/``, the latter from the former's step). The
+sigma = 50 model is the model before the step fine-tuned 1000 steps at sigma = 50
+on images rescaled by 25/50 (``benchmarks/runs/sigma50-48x7-blended/``),
+then with its step learned at 50, its stages fixed
+(``benchmarks/runs/sigma50-48x7-refine-fixed/``). The fast model of 25 is
+the two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
+stage instead of 20 and trained 1500 more steps so
+(``benchmarks/runs/sigma25-48x7-shifted-12layers/``), then with a step
+learned after its stages (``benchmarks/runs/sigma25-fast-refine-fixed/``);
+the fast models of 5 and 15 have its stages and the sigma = 5 and 15 models'
+steps (``benchmarks/graft_refinement.py``).
 """
 
 from importlib import resources
@@ -38,13 +45,13 @@ from ._model_io import load_denoiser
 from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
-#: shipped models.  The sigma = 25 model, rescaled, beats the per-level
-#: models shipped before it (trained on nine pictures) on Set12 by 0.65-0.93
-#: dB at 5, 10, 15 and 50; the sigma = 50 model is it fine-tuned at 50
-#: (benchmarks/bench_sigma.py, benchmarks/DENOISE_RESULTS.md).
-PRETRAINED_LEVELS = (25, 50)
+#: shipped models: one set of stages trained at 25 (at 50 fine-tuned there),
+#: each with a refinement step learned at its level.  A step learned at 25
+#: cost 0.67 dB on Set12 at 5, where the step learned at 5 gains 0.18 dB
+#: (benchmarks/DENOISE_RESULTS.md, "Refinement steps per noise level").
+PRETRAINED_LEVELS = (5, 15, 25, 50)
 #: Levels of the fast models (``fast=True``).
-FAST_LEVELS = (25,)
+FAST_LEVELS = (5, 15, 25)
 
 
 def pretrained_denoiser(level, fast=False):
@@ -66,12 +73,14 @@ def pretrained_denoiser(level, fast=False):
 def denoiser_for_level(level, fast=False):
     """The shipped denoiser :func:`denoise_image` runs at noise ``level``.
 
-    ``level`` is in 8-bit units; the model of the next shipped level up
-    serves it, or that of the largest level above them all.
+    ``level`` is in 8-bit units; the model of the nearest shipped level
+    serves it, of the lower one at a tie: each model's refinement step was
+    learned at its level, and on Set12 the nearer one won at 20 and 30
+    (``benchmarks/bench_sigma.py``).
     """
     levels = FAST_LEVELS if fast else PRETRAINED_LEVELS
-    upper = min((s for s in levels if s >= level), default=levels[-1])
-    return pretrained_denoiser(upper, fast=fast)
+    nearest = min(levels, key=lambda s: (abs(s - level), s))
+    return pretrained_denoiser(nearest, fast=fast)
 
 
 @validate_params(
@@ -115,9 +124,9 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         noise), else max - min.
     fast : bool, default=False
         Use the fast model: two stages of 12 Chambolle-Pock iterations
-        instead of three of 20, trained for that depth at 25 and serving
-        every level.  On Set12 it takes about 0.4x the time and gives
-        0.10-0.22 dB less PSNR at 15, 25 and 50
+        instead of three of 20, trained for that depth at 25, with the
+        refinement steps of 5, 15 and 25.  On Set12 it takes about 0.4x the
+        time and gives 0.03-0.18 dB less PSNR at 15, 25 and 50
         (``benchmarks/DENOISE_RESULTS.md``).
 
     Returns
@@ -131,13 +140,13 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
     -----
     The model of a shipped level ``s`` runs on the image rescaled so that
     its noise has exactly the level ``s``, and the result is scaled back
-    (see :meth:`ImageDenoiser.denoise`).  ``s`` is the next shipped level
-    up, or the largest above them: the model of 25 serves every level up
-    to 25, that of 50 every level above (``fast=True``: the fast model of
-    25 serves every level).  On Set12 the model of 50 is 0.004 dB below
-    that of 25 at 30, and above it by 0.015 / 0.035 / 0.07 / 0.10 / 0.12
-    dB at 35 / 40 / 50 / 60 / 75 (``benchmarks/DENOISE_RESULTS.md``);
-    below 5 and above 75 it is not measured.
+    (see :meth:`ImageDenoiser.denoise`).  ``s`` is the nearest shipped
+    level, the lower at a tie.  Each model's refinement step was learned at
+    its level, and a step loses away from it: on Set12 the nearer model was
+    better by 0.044 dB at 20 and 0.060 dB at 30, and the model of 50 by
+    0.051 dB at 40, where at 35 the two were within 0.004 dB
+    (``benchmarks/DENOISE_RESULTS.md``); below 5 and above 75 it is not
+    measured.
 
     Examples
     --------

@@ -27,8 +27,8 @@ SHIPPED = [(level, False) for level in PRETRAINED_LEVELS] + [
 @pytest.mark.parametrize("level, fast", SHIPPED)
 def test_shipped_models(level, fast):
     den = pretrained_denoiser(level, fast=fast)
-    # Every file sees noise 25/255: the level-50 model was fine-tuned on
-    # images rescaled by 25/50, as ``denoise`` applies it.
+    # Every file sees noise 25/255: the other levels' models were fine-tuned
+    # on images rescaled by 25/level, as ``denoise`` applies them.
     assert den.noise_std_ == pytest.approx(25 / 255)
     # The Train400 models: per-stage filters, stages of the shifted log
     # penalty; three of 20 iterations whose later stages' data terms are
@@ -41,11 +41,31 @@ def test_shipped_models(level, fast):
     if not fast:
         assert den.blend_.shape == (S,)
     assert den.n_layers == (12 if fast else 20)
-    # Then one reaction-diffusion step, learned at 25 after the sigma = 25
-    # model's stages, on every file.
+    # Then one reaction-diffusion step, learned at the file's level (the fast
+    # model's at 25 too).
     assert den.n_refine == 1 and den.refine_phi_.shape == (1, 48, 63)
     assert np.any(den.refine_phi_ != 0)
-    np.testing.assert_array_equal(den.refine_phi_, pretrained_denoiser(25).refine_phi_)
+
+
+def test_steps_learned_per_level():
+    """The 5 and 15 files have the 25 files' stages and a step of their own."""
+    for fast in (False, True):
+        ref = pretrained_denoiser(25, fast=fast)
+        for level in (5, 15):
+            den = pretrained_denoiser(level, fast=fast)
+            # Equal up to the round trip through the training's parameter vector.
+            np.testing.assert_allclose(den.components_, ref.components_, rtol=1e-10)
+            assert not np.array_equal(den.refine_phi_, ref.refine_phi_)
+    # The fast 5 and 15 files have the full model's steps, learned after its
+    # stages.
+    for level in (5, 15):
+        np.testing.assert_array_equal(
+            pretrained_denoiser(level, fast=True).refine_phi_,
+            pretrained_denoiser(level).refine_phi_,
+        )
+    assert not np.array_equal(
+        pretrained_denoiser(50).refine_phi_, pretrained_denoiser(25).refine_phi_
+    )
 
 
 def test_fast_model(noisy):
@@ -62,11 +82,14 @@ def test_fast_model(noisy):
 
 @pytest.mark.parametrize(
     "sigma, level, fast",
-    [(5, 25, False), (25, 25, False), (26, 50, False), (35, 50, False)]
-    + [(50, 50, False), (80, 50, False), (50, 25, True), (80, 25, True)],
+    [(4, 5, False), (10, 5, False), (11, 15, False), (15, 15, False)]
+    + [(20, 15, False), (21, 25, False)]
+    + [(37.5, 25, False), (38, 50, False), (50, 50, False), (80, 50, False)]
+    + [(10, 5, True), (11, 15, True), (20, 15, True), (21, 25, True)]
+    + [(80, 25, True)],
 )
-def test_next_level_up_serves(noisy, sigma, level, fast):
-    """A level runs the model of the next shipped level up, or the largest."""
+def test_nearest_level_serves(noisy, sigma, level, fast):
+    """A level runs the model of the nearest shipped level (the lower at a tie)."""
     out = denoise_image(noisy, sigma / 255, fast=fast)
     ref = pretrained_denoiser(level, fast=fast).denoise(noisy, sigma=sigma / 255)
     np.testing.assert_array_equal(out, ref)
@@ -86,6 +109,6 @@ def test_levels_are_different_models(noisy):
 
 def test_unknown_level():
     with pytest.raises(ValueError, match="level must be one of"):
-        pretrained_denoiser(15)
-    with pytest.raises(ValueError, match=r"level must be one of \(25,\)"):
+        pretrained_denoiser(20)
+    with pytest.raises(ValueError, match=r"level must be one of \(5, 15, 25\)"):
         pretrained_denoiser(50, fast=True)
