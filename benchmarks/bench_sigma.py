@@ -1,7 +1,7 @@
 """Noise levels between trained ones: the shipped model against one trained there.
 
 ``denoise_image`` serves a noise level with the shipped model of the nearest
-level (15, 25 or 50), applied to the image rescaled so that its noise has
+level (5, 15, 25 or 50), applied to the image rescaled so that its noise has
 that model's level.  At every ``LEVEL`` of ``--tuned LEVEL=MODEL`` this
 script compares it with ``MODEL``: a model trained at ``LEVEL`` (fine-tuned
 there by ``train_bsd.py --start``, or an earlier model), or another shipped
