@@ -623,9 +623,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
     def _denoise_gray(self, images):
         """Denoise a stack ``(n, H, W)`` of gray images at the trained level."""
         if self.structure == "convolutional":
-            # In float32: on Set12 the shipped model's stages (measured before
-            # its refinement step) give the same PSNR to four decimals at sigma
-            # 15/25/50, 1.9-2.1x faster on one thread
+            # In float32: on Set12 the shipped models (with their refinement
+            # steps: four images at sigma 5/15/25/50) give the same PSNR to
+            # four decimals, about 2x faster on one thread
             # (benchmarks/bench_float32_denoise.py); the images are scaled to
             # the trained noise level, near [0, 1].
             params = {k: v.astype(np.float32) for k, v in self._params().items()}
