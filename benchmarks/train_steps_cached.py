@@ -15,7 +15,8 @@ output is not the output of the flipped image).
 
 Each window is a ``--crop`` square scored on its pixels, inside a halo of
 p - 1 pixels per learned step (a step of p x p filters reads p - 1 pixels
-around each output pixel), so that the scored pixels see what the whole image gives them.
+around each output pixel), so that the scored pixels see what the whole
+image gives them.
 ``--add N`` appends ``N`` identity steps (the same model at step 0) to the
 model's steps; ``--train new`` learns only those, ``--train all`` every
 step. Adam with a cosine-decayed learning rate, the parameters stepped as
