@@ -320,6 +320,7 @@ def standard_sets(args):
         )
     methods = [m for m in (*ours, *BASELINES) if not args.methods or m in args.methods]
     table = {}  # (set, method, level) -> (mean PSNR, mean seconds)
+    per_image = {}  # (set, level) -> {method: PSNR per image}, and the files
     for name in args.sets:
         folder = data / name
         files = sorted(
@@ -363,6 +364,8 @@ def standard_sets(args):
                     np.mean([s[k] for s in scores])
                     for k in ("psnr", "seconds", "cpu_seconds")
                 ]
+                by_method = per_image.setdefault((name, level), {"files": files})
+                by_method[method] = [s["psnr"] for s in scores]
                 print(
                     f"{name} sigma={level} {method}: "
                     "{:.2f} dB, {:.2f} s/image, {:.2f} CPU s/image".format(
@@ -397,6 +400,15 @@ def standard_sets(args):
             print(f"| {method}, published | " + " | ".join(cells) + " |")
     tv = {s: cache["tv_weights"].get(f"{s}/{args.seed}") for s in levels}
     print(f"\nTV weights (tuned on Train400): {tv}")
+    if args.per_image:
+        for (name, level), by_method in per_image.items():
+            files = by_method.pop("files")
+            print(f"\nPSNR (dB) per image, {name}, σ = {level}:\n")
+            print("| image | " + " | ".join(by_method) + " |")
+            print("|---" * (1 + len(by_method)) + "|")
+            for i, file in enumerate(files):
+                cells = " | ".join(f"{v[i]:.2f}" for v in by_method.values())
+                print(f"| {file} | {cells} |")
     return 0
 
 
