@@ -92,6 +92,7 @@ def stage_outputs(den, images, noisy, sigma, with_steps=False, block=16):
 
 
 def without_steps(den):
+    """A copy of ``den`` without its refinement steps: its stages alone."""
     stages = copy.deepcopy(den)
     stages.set_params(n_refine=0)
     return stages
@@ -179,7 +180,11 @@ def main(argv=None):
     parser.add_argument("--add", type=int, default=1, help="identity steps appended")
     parser.add_argument("--train", choices=("new", "all"), default="new")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--cache", help="npz file of the stages' outputs")
+    parser.add_argument(
+        "--cache",
+        help="npz file of the stages' outputs, reused when its model, level, "
+        "draws and seed match (else rewritten)",
+    )
     parser.add_argument("--draws", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=32)
