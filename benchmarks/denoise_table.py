@@ -320,12 +320,14 @@ def standard_sets(args):
         )
     methods = [m for m in (*ours, *BASELINES) if not args.methods or m in args.methods]
     table = {}  # (set, method, level) -> (mean PSNR, mean seconds)
-    per_image = {}  # (set, level) -> {method: PSNR per image}, and the files
+    per_image = {}  # (set, level) -> {method: PSNR per image, in files' order}
+    files_of = {}
     for name in args.sets:
         folder = data / name
         files = sorted(
             f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
         )
+        files_of[name] = files
         clean = load_image_folder(folder)
         for level in args.sigmas:
             noisy = benchmark_noise(clean, level / 255.0, args.seed)
@@ -364,8 +366,9 @@ def standard_sets(args):
                     np.mean([s[k] for s in scores])
                     for k in ("psnr", "seconds", "cpu_seconds")
                 ]
-                by_method = per_image.setdefault((name, level), {"files": files})
-                by_method[method] = [s["psnr"] for s in scores]
+                per_image.setdefault((name, level), {})[method] = [
+                    s["psnr"] for s in scores
+                ]
                 print(
                     f"{name} sigma={level} {method}: "
                     "{:.2f} dB, {:.2f} s/image, {:.2f} CPU s/image".format(
@@ -402,11 +405,10 @@ def standard_sets(args):
     print(f"\nTV weights (tuned on Train400): {tv}")
     if args.per_image:
         for (name, level), by_method in per_image.items():
-            files = by_method.pop("files")
             print(f"\nPSNR (dB) per image, {name}, σ = {level}:\n")
             print("| image | " + " | ".join(by_method) + " |")
             print("|---" * (1 + len(by_method)) + "|")
-            for i, file in enumerate(files):
+            for i, file in enumerate(files_of[name]):
                 cells = " | ".join(f"{v[i]:.2f}" for v in by_method.values())
                 print(f"| {file} | {cells} |")
     return 0
