@@ -39,7 +39,6 @@ import argparse
 import copy
 import functools
 import hashlib
-import math
 import pathlib
 import shlex
 import sys
@@ -55,8 +54,8 @@ from sklearn_ergo._convolutional import (
     pad_images,
 )
 from sklearn_ergo._image_data import median_shift
-from sklearn_ergo._image_training import benchmark_noise, psnr
-from sklearn_ergo._optim import ParameterVector
+from sklearn_ergo._image_training import benchmark_noise, cosine_learning_rate, psnr
+from sklearn_ergo._optim import Adam, ParameterVector
 from sklearn_ergo._refinement import PARAM_NAMES, Refinement
 from sklearn_ergo.datasets import load_image_folder
 
@@ -243,34 +242,23 @@ def main(argv=None):
             params[k][:n_old] = old[k]
     halo = (p - 1) * steps.n_steps
     rng = np.random.default_rng([args.seed, 1])
-    moments = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
     # As train_bsd.py steps them: filters in absolute units, the influence
     # functions and weights relative to their root mean square (absolute
     # from the identity, where it is 0).
     scales = ParameterVector.from_params(params, (), {"refine_filters": 1.0}).scales
+    adams = {k: Adam(v.shape, args.lr) for k, v in params.items()}
     best = validate(steps, params, val, p, a, border)
     best_params, best_step = {k: v.copy() for k, v in params.items()}, 0
     log(f"step 0/{args.steps}: validation PSNR {best:.3f} dB")
     losses = []
     for t in range(1, args.steps + 1):
-        lr = args.lr * (
-            args.final_lr_fraction
-            + (1 - args.final_lr_fraction)
-            * 0.5
-            * (1 + math.cos(math.pi * (t - 1) / args.steps))
-        )
+        lr = cosine_learning_rate(t - 1, args.steps, args.lr, args.final_lr_fraction)
         batch = windows((X, x, Y), args.batch, args.crop, halo, border, rng)
         loss, grads = loss_grad(steps, params, *batch, halo, p, a)
         losses.append(loss)
         for k, g in grads.items():
-            m, v = moments[k]
-            m *= 0.9
-            m += 0.1 * g
-            v *= 0.999
-            v += 0.001 * g * g
-            lr_t = lr * scales[k] * math.sqrt(1 - 0.999**t) / (1 - 0.9**t)
-            update = lr_t * m / (np.sqrt(v) + 1e-8)
-            params[k] -= update
+            adams[k].learning_rate = lr * scales[k]
+            params[k] += adams[k].step(g)
         if t % args.validate_every == 0 or t == args.steps:
             score = validate(steps, params, val, p, a, border)
             if score > best:
