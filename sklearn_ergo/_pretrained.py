@@ -17,9 +17,13 @@ the previous stage's output (``penalty="blended_log"``, from zero blends:
 ``benchmarks/runs/sigma25-48x7-blended/``; the command, the log and the
 model of each), then 1200 of a reaction-diffusion refinement step after the
 stages, learned alone with the stages fixed (``n_refine=1``, from the
-identity: ``benchmarks/runs/sigma25-48x7-refine-fixed-abs/``, its step 900).
-The sigma = 15 and sigma = 5 models have the same stages and their step
-learned again at their level, on images rescaled by 25/15 and 25/5 as
+identity: ``benchmarks/runs/sigma25-48x7-refine-fixed-abs/``, its step 900),
+then a second step after it, learned alone from the identity and then with
+the first, on cached outputs of the fixed stages
+(``benchmarks/train_steps_cached.py``: ``benchmarks/runs/sigma25-step2-cached/``,
+``sigma25-step2-joint-cached/``).
+The sigma = 15 and sigma = 5 models have the same stages and the first
+step learned again at their level, on images rescaled by 25/15 and 25/5 as
 ``denoise`` applies them (``benchmarks/runs/sigma15-48x7-refine-fixed/``,
 ``sigma5-48x7-refine-fixed/``, the latter from the former's step). The
 sigma = 50 model is the model before the step fine-tuned 1000 steps at sigma = 50
