@@ -29,7 +29,9 @@ step learned again at their level, on images rescaled by 25/15 and 25/5 as
 sigma = 50 model is the model before the step fine-tuned 1000 steps at sigma = 50
 on images rescaled by 25/50 (``benchmarks/runs/sigma50-48x7-blended/``),
 then with its step learned at 50, its stages fixed
-(``benchmarks/runs/sigma50-48x7-refine-fixed/``). The fast model of 25 is
+(``benchmarks/runs/sigma50-48x7-refine-fixed/``), then with a second step
+as at 25 (``benchmarks/runs/sigma50-step2-cached/``,
+``sigma50-step2-joint-cached/``). The fast model of 25 is
 the two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
 stage instead of 20 and trained 1500 more steps so
 (``benchmarks/runs/sigma25-48x7-shifted-12layers/``), then with a step
