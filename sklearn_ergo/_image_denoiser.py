@@ -132,8 +132,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         stage's output (``blend_``), starting from the noisy image
         (``"shifted_log"``).  A log model is best started from the filters of
         a trained l1 model (``init``); the shipped model, ``"blended_log"``
-        with per-stage filters and refinement steps (``n_refine=1``; 2 at
-        sigma = 25 and 50), was trained on Train400 by ``benchmarks/train_bsd.py``
+        with per-stage filters and refinement steps (``n_refine=1``; 4 at
+        sigma = 25, 2 at 50), was trained on Train400 by ``benchmarks/train_bsd.py``
         and ``benchmarks/train_steps_cached.py``.
     huber_eps : float, default=0.01
     init : "tv" or array-like of shape (n_filters, patch_size ** 2), default="tv"

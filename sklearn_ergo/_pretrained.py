@@ -21,7 +21,8 @@ identity: ``benchmarks/runs/sigma25-48x7-refine-fixed-abs/``, its step 900),
 then a second step after it, learned alone from the identity and then with
 the first, on cached outputs of the fixed stages
 (``benchmarks/train_steps_cached.py``: ``benchmarks/runs/sigma25-step2-cached/``,
-``sigma25-step2-joint-cached/``).
+``sigma25-step2-joint-cached/``), then two more steps learned with those
+two (``benchmarks/runs/sigma25-4steps-cached/``).
 The sigma = 15 and sigma = 5 models have the same stages and the first
 step learned again at their level, on images rescaled by 25/15 and 25/5 as
 ``denoise`` applies them (``benchmarks/runs/sigma15-48x7-refine-fixed/``,

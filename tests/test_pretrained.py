@@ -25,7 +25,7 @@ SHIPPED = [(level, False) for level in PRETRAINED_LEVELS] + [
 
 
 #: Refinement steps per shipped file, (level, fast) -> steps; 1 if absent.
-N_REFINE = {(25, False): 2, (50, False): 2}
+N_REFINE = {(25, False): 4, (50, False): 2}
 
 
 @pytest.mark.parametrize("level, fast", SHIPPED)
@@ -46,7 +46,8 @@ def test_shipped_models(level, fast):
         assert den.blend_.shape == (S,)
     assert den.n_layers == (12 if fast else 20)
     # Then reaction-diffusion steps, learned at the file's level (the fast
-    # model's at 25 too): two in the full models of 25 and 50, one elsewhere.
+    # model's at 25 too): four in the full model of 25, two in that of 50,
+    # one elsewhere.
     n_refine = N_REFINE.get((level, fast), 1)
     assert den.n_refine == n_refine
     assert den.refine_phi_.shape == (n_refine, 48, 63)
