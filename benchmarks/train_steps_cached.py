@@ -25,8 +25,13 @@ to their root mean square, absolute from the identity), float32;
 Set12 (whole images, noise seed 0) is the validation, BSD68 is never read.
 
 Writes into ``--out DIR``: ``train.log`` (the command, one line per
-validation) and ``model.npz`` (the stages with the best validation's steps,
-readable by ``load_denoiser``). ``--cache FILE`` keeps the stages' outputs
+validation), ``checkpoint.npz`` (every validation and every
+``--checkpoint-every`` seconds) and, at the end, ``model.npz`` (the stages
+with the best validation's steps, readable by ``load_denoiser``).
+``--resume`` continues from the checkpoint a run with the same arguments
+(and the same model file) left, step for step the run that was never
+stopped; ``--stop-at STEP`` ends a session there, with a checkpoint,
+without changing the schedule. ``--cache FILE`` keeps the stages' outputs
 for other runs on the same model, level, draws and seed.
 
     cd benchmarks
@@ -39,6 +44,8 @@ import argparse
 import copy
 import functools
 import hashlib
+import json
+import os
 import pathlib
 import shlex
 import sys
@@ -97,9 +104,13 @@ def without_steps(den):
     return stages
 
 
+def file_digest(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
 def cached_outputs(den, model_path, images, sigma, draws, seed, with_steps, cache):
     """Train400's stage outputs (``draws`` noise draws per image), from ``cache``."""
-    key = hashlib.sha256(pathlib.Path(model_path).read_bytes()).hexdigest()
+    key = file_digest(model_path)
     key += f"-{sigma}-{draws}-{seed}-{with_steps}"
     if cache is not None and pathlib.Path(cache).exists():
         with np.load(cache) as f:
@@ -171,6 +182,53 @@ def validate(steps, params, val, p, a, border):
     return float(np.mean(scores))
 
 
+# The arguments a resumed run must share with the run that it continues.
+RUN_SETTINGS = (
+    "sigma", "add", "train", "draws", "steps", "batch", "crop", "lr",
+    "final_lr_fraction", "validate_every", "seed",
+)  # fmt: skip
+
+
+def save_checkpoint(path, settings, state):
+    """Write ``state`` next to ``path`` and rename it into place (atomic)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    arrays = {"settings": np.array(json.dumps(settings, sort_keys=True))}
+    for group in ("params", "best_params", "adam_m", "adam_v", "adam_t"):
+        arrays.update((f"{group}/{k}", np.asarray(v)) for k, v in state[group].items())
+    for name in ("t", "best", "best_step", "elapsed"):
+        arrays[name] = np.array(state[name])
+    arrays["losses"] = np.array(state["losses"], dtype=np.float64)
+    arrays["rng"] = np.array(json.dumps(state["rng"]))
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path, settings):
+    """The state saved at ``path``; ``SystemExit`` if it has other settings."""
+    with np.load(path) as f:
+        saved = json.loads(str(f["settings"]))
+        if saved != settings:
+            diff = sorted(k for k in settings if saved.get(k) != settings[k])
+            raise SystemExit(
+                f"{path} was written with other settings ({', '.join(diff)}); "
+                "resume with the same ones."
+            )
+        state = {g: {} for g in ("params", "best_params", "adam_m", "adam_v", "adam_t")}
+        for key in f.files:
+            if "/" in key:
+                group, name = key.split("/")
+                state[group][name] = f[key]
+        state.update((name, f[name].item()) for name in ("t", "best_step"))
+        state.update((name, float(f[name])) for name in ("best", "elapsed"))
+        state["losses"] = list(f["losses"])
+        state["rng"] = json.loads(str(f["rng"]))
+    return state
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder with train400/, set12/")
@@ -192,12 +250,29 @@ def main(argv=None):
     parser.add_argument("--final-lr-fraction", type=float, default=0.01)
     parser.add_argument("--validate-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=300.0,
+        help="seconds, besides validations",
+    )
+    parser.add_argument("--resume", action="store_true", help="from --out's checkpoint")
+    parser.add_argument("--stop-at", type=int, help="end this session after that step")
     args = parser.parse_args(argv)
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.npz"
     if (out / "model.npz").exists():
         raise SystemExit(f"{out / 'model.npz'} exists; pass another --out.")
+    if checkpoint.exists() != args.resume:
+        raise SystemExit(
+            f"{checkpoint} exists: pass --resume, or another --out."
+            if checkpoint.exists()
+            else f"--resume needs {checkpoint}, which does not exist."
+        )
+    settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    settings["model"] = file_digest(args.model)
     log_file = open(out / "train.log", "a")
 
     def log(line):
@@ -247,11 +322,45 @@ def main(argv=None):
     # from the identity, where it is 0).
     scales = ParameterVector.from_params(params, (), {"refine_filters": 1.0}).scales
     adams = {k: Adam(v.shape, args.lr) for k, v in params.items()}
-    best = validate(steps, params, val, p, a, border)
-    best_params, best_step = {k: v.copy() for k, v in params.items()}, 0
-    log(f"step 0/{args.steps}: validation PSNR {best:.3f} dB")
-    losses = []
-    for t in range(1, args.steps + 1):
+    if args.resume:
+        state = load_checkpoint(checkpoint, settings)
+        params, best_params = state["params"], state["best_params"]
+        for k, adam in adams.items():
+            adam.m, adam.v = state["adam_m"][k], state["adam_v"][k]
+            adam.t = int(state["adam_t"][k])
+        rng.bit_generator.state = state["rng"]
+        first, best, best_step = state["t"] + 1, state["best"], state["best_step"]
+        losses = state["losses"]
+        start -= state["elapsed"]  # elapsed counts every session's wall time
+        log(f"resumed from {checkpoint} at step {state['t']}")
+    else:
+        best = validate(steps, params, val, p, a, border)
+        best_params, best_step = {k: v.copy() for k, v in params.items()}, 0
+        first, losses = 1, []
+        log(f"step 0/{args.steps}: validation PSNR {best:.3f} dB")
+    saved_at = time.perf_counter()
+
+    def save(t):
+        save_checkpoint(
+            checkpoint,
+            settings,
+            {
+                "t": t,
+                "params": params,
+                "best_params": best_params,
+                "adam_m": {k: adam.m for k, adam in adams.items()},
+                "adam_v": {k: adam.v for k, adam in adams.items()},
+                "adam_t": {k: adam.t for k, adam in adams.items()},
+                "rng": rng.bit_generator.state,
+                "best": best,
+                "best_step": best_step,
+                "losses": losses,
+                "elapsed": time.perf_counter() - start,
+            },
+        )
+
+    last = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
+    for t in range(first, last + 1):
         lr = cosine_learning_rate(t - 1, args.steps, args.lr, args.final_lr_fraction)
         batch = windows((X, x, Y), args.batch, args.crop, halo, border, rng)
         loss, grads = loss_grad(steps, params, *batch, halo, p, a)
@@ -259,7 +368,8 @@ def main(argv=None):
         for k, g in grads.items():
             adams[k].learning_rate = lr * scales[k]
             params[k] += adams[k].step(g)
-        if t % args.validate_every == 0 or t == args.steps:
+        validated = t % args.validate_every == 0 or t == args.steps
+        if validated:
             score = validate(steps, params, val, p, a, border)
             if score > best:
                 best, best_step = score, t
@@ -270,12 +380,23 @@ def main(argv=None):
                 f"elapsed {time.perf_counter() - start:.0f} s"
             )
             losses = []
+        if (
+            validated
+            or t == last
+            or time.perf_counter() - saved_at >= args.checkpoint_every
+        ):
+            save(t)
+            saved_at = time.perf_counter()
+    if last < args.steps:
+        log(f"stopped at step {last}: continue with --resume")
+        return
     if baked:
         best_params = {k: np.concatenate([old[k], best_params[k]]) for k in PARAM_NAMES}
     den.set_params(n_refine=len(best_params["refine_weight"]))
     for k in PARAM_NAMES:
         setattr(den, f"{k}_", best_params[k])
     save_denoiser(den, out / "model.npz")
+    checkpoint.unlink()  # the run is done: model.npz holds what it was for
     log(f"model.npz: step {best_step}, Set12 {best:.3f} dB")
 
 

@@ -1,0 +1,77 @@
+"""benchmarks/train_steps_cached.py: a stopped and resumed run is the run itself."""
+
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sklearn_ergo import load_denoiser
+from sklearn_ergo._refinement import PARAM_NAMES
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "train_steps_cached.py"
+MODEL = Path(__file__).parents[1] / "sklearn_ergo" / "pretrained" / "sigma25_fast.npz"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """``run(out, *extra)``: a tiny run (4 Adam steps) on a tiny data folder."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    data = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for folder, n in (("train400", 3), ("set12", 1)):
+        (data / folder).mkdir()
+        for i in range(n):
+            image = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(image).save(data / folder / f"{i}.png")
+    main = runpy.run_path(str(SCRIPT))["main"]
+
+    def run(out, *extra):
+        main(
+            [
+                "--data", str(data), "--sigma", "25", "--model", str(MODEL),
+                "--add", "1", "--train", "all", "--out", str(out), "--steps", "4",
+                "--batch", "2", "--crop", "8", "--validate-every", "2", *extra,
+            ]
+        )  # fmt: skip
+
+    return run
+
+
+def test_resume_continues_the_run(run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(a, "--stop-at", "3")
+    run(b, "--stop-at", "1")  # between validations
+    assert not (b / "model.npz").exists()
+    with pytest.raises(SystemExit, match="--resume"):
+        run(b)  # a checkpoint is never overwritten silently
+    with pytest.raises(SystemExit, match="other settings.*steps"):
+        run(b, "--resume", "--steps", "5")
+    run(b, "--resume", "--stop-at", "3")
+    # Everything a step changes is where the run stopped in one piece.
+    with np.load(a / "checkpoint.npz") as fa, np.load(b / "checkpoint.npz") as fb:
+        assert fa.files == fb.files
+        for key in set(fa.files) - {"elapsed"}:
+            np.testing.assert_array_equal(fb[key], fa[key], err_msg=key)
+    run(a, "--resume")
+    run(b, "--resume")
+    assert not (b / "checkpoint.npz").exists()
+    models = [load_denoiser(d / "model.npz") for d in (a, b)]
+    assert models[0].n_refine == models[1].n_refine == 2
+    for name in PARAM_NAMES:
+        np.testing.assert_array_equal(
+            getattr(models[1], name + "_"), getattr(models[0], name + "_")
+        )
+
+    def validations(folder):
+        lines = (folder / "train.log").read_text().splitlines()
+        return [line.split(", elapsed")[0] for line in lines if line.startswith("step")]
+
+    assert validations(b) == validations(a)
+
+
+def test_resume_needs_a_checkpoint(run, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        run(tmp_path / "new", "--resume")
