@@ -46,6 +46,7 @@ class DenseOperator:
     def __init__(self, weights):
         self.weights = weights
         self.n_dual, self.n_primal = weights.shape
+        self._scratch = {}
 
     def apply(self, X, out=None):
         """Return ``K x`` for every row ``x`` of ``X``, shape ``(N, m)``."""
@@ -67,14 +68,14 @@ class DenseOperator:
         if not _dot_writes(out, X, self.weights):
             _gemm(alpha, self.weights.T, X.T, beta, out.T, trans_a=1)
             return
-        self._product(X, self.weights.T, out, alpha, beta)
+        self._product(X, True, out, alpha, beta)
 
     def adjoint_acc(self, Y, out, alpha=1.0, beta=0.0):
         """``out <- alpha * Y K + beta * out`` in place."""
         if not _dot_writes(out, Y, self.weights):
             _gemm(alpha, self.weights.T, Y.T, beta, out.T)
             return
-        self._product(Y, self.weights, out, alpha, beta)
+        self._product(Y, False, out, alpha, beta)
 
     def weight_grad_acc(self, Y, X, out, alpha=1.0):
         """``out <- out + alpha * Y^T X`` in place."""
@@ -89,17 +90,23 @@ class DenseOperator:
                 _gemm(alpha, X[start:stop].T, Y[start:stop].T, 1.0, out.T, trans_b=1)
             return
         block = self._buffer("grad", out)
+        axpy = blas("axpy", out.dtype)
         for start in range(0, len(X), _DOT_BLOCK):
             stop = start + _DOT_BLOCK
             np.dot(Y[start:stop].T, X[start:stop], out=block)
-            if alpha != 1.0:
-                block *= alpha
-            out += block
+            axpy(block.ravel(), out.ravel(), a=alpha)
 
-    def _product(self, A, B, out, alpha, beta):
-        """``out <- alpha * A B + beta * out``, ``B`` a view of the weights."""
-        if alpha != 1.0:  # scale the small operand, not the product
-            B = B * out.dtype.type(alpha)
+    def _product(self, A, transpose, out, alpha, beta):
+        """``out <- alpha * A op(K) + beta * out``, ``op(K)`` = ``K^T`` or ``K``."""
+        # The small operand carries the scale, not the product; every layer
+        # of a constant step rule asks for the same one, made once.
+        key = (transpose, alpha, out.dtype)
+        B = self._scratch.get(key)
+        if B is None:
+            B = self.weights.T if transpose else self.weights
+            if alpha != 1.0:
+                B = B * out.dtype.type(alpha)
+            self._scratch[key] = B
         if beta == 0.0:
             np.dot(A, B, out=out)
             return
@@ -110,7 +117,7 @@ class DenseOperator:
 
     def _buffer(self, name, like):
         """Scratch array shaped like ``like``, kept by this operator."""
-        return scratch(self.__dict__.setdefault("_scratch", {}), like, name)
+        return scratch(self._scratch, like, name)
 
     def norm_and_grad(self):
         """Spectral norm ``||K||_2`` and its gradient ``u v^T`` (top singular pair).
@@ -128,9 +135,9 @@ class DenseOperator:
 _GEMM_BLOCK, _DOT_BLOCK = 128, 1024
 
 
-def _dot_writes(out, *operands):
-    """Whether ``np.dot`` can write the product of ``operands`` into ``out``."""
-    return out.flags.c_contiguous and all(a.dtype == out.dtype for a in operands)
+def _dot_writes(out, a, b):
+    """Whether ``np.dot`` can write the product of ``a`` and ``b`` into ``out``."""
+    return out.flags.c_contiguous and a.dtype == out.dtype and b.dtype == out.dtype
 
 
 def _gemm(alpha, a, b, beta, c, trans_a=0, trans_b=0):
