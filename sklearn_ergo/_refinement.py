@@ -120,29 +120,34 @@ class Refinement:
         if grad:
             slope, frac = np.empty_like(zf), np.empty_like(zf)
             index = np.empty(zf.shape, dtype=np.intp)
-        offsets = np.arange(m) * n
+        # int32 indices and the knot found in floating point: float-to-int64
+        # conversions and mixed int64 / float arithmetic cost several passes.
+        offsets = np.arange(0, m * n, n, dtype=np.int32)
         flat = phi.ravel()
+        # phi's rise over the segment from each knot (a filter's last: unread)
+        rise = np.zeros_like(flat)
+        rise[:-1] = flat[1:] - flat[:-1]
+        inv = 1.0 / self.spacing
         rows = max(_BLOCK // m, 1)
         for a in range(0, len(zf), rows):
             b = slice(a, a + rows)
-            t = zf[b] + self.bound
-            t *= 1.0 / self.spacing
+            t = np.add(zf[b], self.bound, out=frac[b] if grad else None)
+            t *= inv
             if grad:
                 outside = (t <= 0) | (t >= n - 1)
             np.clip(t, 0, n - 1, out=t)
-            i = t.astype(np.intp)
-            np.minimum(i, n - 2, out=i)
-            t -= i
+            knot = np.floor(t)
+            np.minimum(knot, n - 2, out=knot)
+            t -= knot  # exact: the fraction of a segment
+            i = knot.astype(np.int32)
             i += offsets
-            lo = flat[i]
-            step = flat[i + 1]
-            step -= lo
+            step = rise.take(i, out=slope[b] if grad else None, mode="clip")
             np.multiply(step, t, out=value[b])
-            value[b] += lo
+            value[b] += flat.take(i, mode="clip")
             if grad:
-                step *= 1.0 / self.spacing
-                step[outside] = 0.0
-                slope[b], frac[b], index[b] = step, t, i
+                step *= inv
+                np.copyto(step, 0, where=outside)
+                index[b] = i
         value = value.reshape(z.shape)
         if not grad:
             return value
@@ -180,10 +185,14 @@ class Refinement:
             d_R = op.weight_grad(q_slope, x)
             d_R += op.weight_grad(value, g)
             grads["refine_filters"][k] = d_R.mean(axis=1, keepdims=True) - d_R
-            qf = q.reshape(-1) * frac.reshape(-1)
-            size = phi.size
-            d_phi = np.bincount(i.ravel(), q.reshape(-1) - qf, minlength=size)
-            d_phi += np.bincount(i.ravel() + 1, qf, minlength=size)
+            # phi(z) = (1 - f) phi[i] + f phi[i + 1]: the knot above gets the
+            # fraction's share, shifted by one (never past a filter's knots).
+            i = i.ravel()
+            shares = np.bincount(
+                i, q.reshape(-1) * frac.reshape(-1), minlength=phi.size
+            )
+            d_phi = np.bincount(i, q.reshape(-1), minlength=phi.size) - shares
+            d_phi[1:] += shares[:-1]
             grads["refine_phi"][k] = -d_phi.reshape(phi.shape)
             grads["refine_weight"][k] = -np.vdot(g, x - X)
             g_in = (1.0 - lam) * g
