@@ -32,11 +32,14 @@ on images rescaled by 25/50 (``benchmarks/runs/sigma50-48x7-blended/``),
 then with its step learned at 50, its stages fixed
 (``benchmarks/runs/sigma50-48x7-refine-fixed/``), then with a second step
 as at 25 (``benchmarks/runs/sigma50-step2-cached/``,
-``sigma50-step2-joint-cached/``). The fast model of 25 is
+``sigma50-step2-joint-cached/``), then two more learned with those two
+(``benchmarks/runs/sigma50-4steps-cached/``). The fast model of 25 is
 the two-stage model of ``sigma25-48x7-shifted/`` unrolled 12 iterations per
 stage instead of 20 and trained 1500 more steps so
 (``benchmarks/runs/sigma25-48x7-shifted-12layers/``), then with a step
-learned after its stages (``benchmarks/runs/sigma25-fast-refine-fixed/``);
+learned after its stages (``benchmarks/runs/sigma25-fast-refine-fixed/``),
+then with three more learned with it on its stages' cached outputs
+(``benchmarks/runs/sigma25-fast-4steps-cached/``);
 the fast models of 5 and 15 have its stages and the sigma = 5 and 15 models'
 steps (``benchmarks/graft_refinement.py``).
 """

@@ -25,7 +25,7 @@ SHIPPED = [(level, False) for level in PRETRAINED_LEVELS] + [
 
 
 #: Refinement steps per shipped file, (level, fast) -> steps; 1 if absent.
-N_REFINE = {(25, False): 4, (50, False): 2}
+N_REFINE = {(25, False): 4, (50, False): 4, (25, True): 4}
 
 
 @pytest.mark.parametrize("level, fast", SHIPPED)
