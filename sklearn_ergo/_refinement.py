@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from ._chambolle_pock import _axpy, apply_update
+
 PARAM_NAMES = ("refine_filters", "refine_phi", "refine_weight")
 #: Responses per block of the influence functions' evaluation.
 _BLOCK = 1 << 15
@@ -106,20 +108,21 @@ class Refinement:
         phi = np.asarray(params["refine_phi"][k], dtype=dtype)
         return R, phi, float(params["refine_weight"][k])
 
-    def _influence(self, z, phi, *, grad=False):
+    def _influence(self, z, phi, *, grad=False, out=None):
         """``phi(z)`` per filter (the last axis of ``z`` in rows of ``m``).
 
         With ``grad`` also ``phi'(z)``, and the knot below every response
         (flat in ``phi``) with its fraction, which the gradient needs.
         Computed in blocks of responses, in cache, that allocate no
-        image-sized temporaries.
+        image-sized temporaries; ``out`` may be ``z`` itself.
         """
+        if not grad:
+            return self._values(z, phi, out)
         m, n = phi.shape
         zf = z.reshape(-1, m)
         value = np.empty_like(zf)
-        if grad:
-            slope, frac = np.empty_like(zf), np.empty_like(zf)
-            index = np.empty(zf.shape, dtype=np.intp)
+        slope, frac = np.empty_like(zf), np.empty_like(zf)
+        index = np.empty(zf.shape, dtype=np.intp)
         # int32 indices and the knot found in floating point: float-to-int64
         # conversions and mixed int64 / float arithmetic cost several passes.
         offsets = np.arange(0, m * n, n, dtype=np.int32)
@@ -131,40 +134,73 @@ class Refinement:
         rows = max(_BLOCK // m, 1)
         for a in range(0, len(zf), rows):
             b = slice(a, a + rows)
-            t = np.add(zf[b], self.bound, out=frac[b] if grad else None)
+            t = np.add(zf[b], self.bound, out=frac[b])
             t *= inv
-            if grad:
-                outside = (t <= 0) | (t >= n - 1)
+            outside = (t <= 0) | (t >= n - 1)
             np.clip(t, 0, n - 1, out=t)
             knot = np.floor(t)
             np.minimum(knot, n - 2, out=knot)
             t -= knot  # exact: the fraction of a segment
             i = knot.astype(np.int32)
             i += offsets
-            step = rise.take(i, out=slope[b] if grad else None, mode="clip")
+            step = rise.take(i, out=slope[b], mode="clip")
             np.multiply(step, t, out=value[b])
             value[b] += flat.take(i, mode="clip")
-            if grad:
-                step *= inv
-                np.copyto(step, 0, where=outside)
-                index[b] = i
-        value = value.reshape(z.shape)
-        if not grad:
-            return value
-        return value, slope.reshape(z.shape), index, frac
+            step *= inv
+            np.copyto(step, 0, where=outside)
+            index[b] = i
+        return value.reshape(z.shape), slope.reshape(z.shape), index, frac
+
+    def _values(self, z, phi, out=None):
+        """``phi(z)`` alone: the denoiser's path, with fewer passes per block."""
+        m, n = phi.shape
+        zf = z.reshape(-1, m)
+        value = np.empty_like(zf) if out is None else out.reshape(zf.shape)
+        offsets = np.arange(0, m * n, n, dtype=np.int32)
+        flat = phi.ravel()
+        rise = np.zeros_like(flat)
+        rise[:-1] = flat[1:] - flat[:-1]
+        rise[n - 1 :: n] = 0.0  # a response clipped to the last knot
+        # phi = intercept[i] + rise[i] t on the segment from knot i (t in
+        # knots): one gather fewer than from the knot's value, no fraction,
+        # and t's floor is its truncation (t >= 0).
+        intercept = flat - rise * np.tile(np.arange(n, dtype=flat.dtype), m)
+        inv = 1.0 / self.spacing
+        rows = max(_BLOCK // m, 1)
+        for a in range(0, len(zf), rows):
+            b = slice(a, a + rows)
+            t = np.add(zf[b], self.bound)
+            t *= inv
+            np.clip(t, 0, n - 1, out=t)
+            i = t.astype(np.int32)
+            i += offsets
+            np.multiply(rise.take(i, mode="clip"), t, out=value[b])
+            value[b] += intercept.take(i, mode="clip")
+        return value.reshape(z.shape)
 
     def forward(self, operator, params, x, X, *, record=False):
         """The steps from the stages' output ``x`` (rows), and their inputs."""
-        inputs = []
+        inputs, z = [], None
         for k in range(self.n_steps):
             R, phi, lam = self._step_params(params, k, x.dtype)
             op = operator(R)
             if record:
                 inputs.append(x)
-            value = self._influence(op.apply(x), phi)
-            y = x - op.adjoint(value)
+            if z is None:
+                z = np.empty((len(x), op.n_dual), dtype=x.dtype)
+            flat = z.reshape(-1)
+
+            def influence(start, stop, phi=phi, flat=flat):
+                self._influence(flat[start:stop], phi, out=flat[start:stop])
+
+            # y = (1 - lam) x + lam x~ - R^T phi(R x): the influence and the
+            # adjoint per tile of the convolution, in cache and on its threads.
+            y = np.empty_like(x)
+            apply_update(
+                op, x, z, 1.0, 0.0, post=influence, adjoint=(y, -1.0, x, 1.0 - lam)
+            )
             if lam:
-                y -= lam * (x - X)
+                _axpy(X, y, lam)
             x = y
         return x, inputs
 

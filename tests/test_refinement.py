@@ -129,6 +129,36 @@ def test_step_is_reaction_diffusion():
     np.testing.assert_allclose(out, x - value @ Rc - 0.3 * (x - X), atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_steps_on_images_run_per_tile_on_threads(dtype):
+    """The fused, threaded step equals its unfused evaluation."""
+    from sklearn_ergo._convolutional import ConvolutionalOperator
+
+    rng = np.random.default_rng(4)
+    refinement = Refinement(2, n_knots=9, bound=1.0)
+    params = refinement.initial_params(8, 9)
+    params["refine_phi"] = 0.3 * rng.standard_normal(params["refine_phi"].shape)
+    params["refine_weight"] = np.array([0.2, 0.0])
+    X = rng.uniform(size=(2, 30 * 17)).astype(dtype)
+    x = X + dtype(0.1) * rng.standard_normal(X.shape).astype(dtype)
+
+    def operator(R):  # tiles of 2 rows of one image, two threads
+        return ConvolutionalOperator(R, (30, 17), 3, n_threads=2, tile_positions=30)
+
+    out, inputs = refinement.forward(operator, params, x, X, record=True)
+    atol = 1e-5 if dtype == np.float32 else 1e-13
+    expected = x
+    for k in range(2):
+        np.testing.assert_allclose(inputs[k], expected, rtol=0, atol=atol)
+        R, phi, lam = refinement._step_params(params, k, dtype)
+        op = ConvolutionalOperator(R, (30, 17), 3)
+        z = op.apply(expected)
+        value = refinement._influence(z, phi, grad=True)[0]
+        expected = expected - op.adjoint(value) - dtype(lam) * (expected - X)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+
+
 def test_dct_filters_are_an_orthonormal_zero_mean_basis():
     D = dct_filters(48, 49)
     np.testing.assert_allclose(D @ D.T, np.eye(48), atol=1e-12)
@@ -247,8 +277,24 @@ def test_influence_by_blocks_is_the_whole(monkeypatch):
     for a, b in zip(whole, blocks, strict=True):
         np.testing.assert_array_equal(a, b)
     assert whole[0].dtype == np.float32 and whole[1].dtype == np.float32
-    np.testing.assert_array_equal(refinement._influence(z, phi), whole[0])
+    np.testing.assert_allclose(refinement._influence(z, phi), whole[0], atol=2e-6)
     assert np.all(whole[1][np.abs(z) >= 0.5] == 0)  # constant outside
+
+
+def test_influence_is_the_piecewise_linear_interpolant():
+    """Both paths (values alone, and with the gradient's terms) at the knots,
+    between them and past the ends, against ``np.interp``."""
+    rng = np.random.default_rng(3)
+    refinement = Refinement(1, n_knots=7, bound=0.5)
+    phi = rng.standard_normal((4, 7))
+    knots = np.linspace(-0.5, 0.5, 7)
+    z = np.concatenate([knots, rng.uniform(-0.7, 0.7, 30), [-0.9, 0.9]])
+    z = np.repeat(z[:, None], 4, axis=1)
+    expected = np.stack([np.interp(z[:, k], knots, phi[k]) for k in range(4)], 1)
+    np.testing.assert_allclose(refinement._influence(z, phi), expected, atol=1e-15)
+    np.testing.assert_allclose(
+        refinement._influence(z, phi, grad=True)[0], expected, atol=1e-15
+    )
 
 
 def test_fixed_stages_give_the_steps_their_gradients_only():
