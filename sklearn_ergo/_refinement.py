@@ -108,75 +108,60 @@ class Refinement:
         phi = np.asarray(params["refine_phi"][k], dtype=dtype)
         return R, phi, float(params["refine_weight"][k])
 
+    def _tables(self, phi):
+        """Per knot of each filter, the rise of ``phi`` over the segment from
+        it and the intercept of that segment's line (``t`` in knots), on the
+        knots padded by one flat segment at each end: a response past the
+        bound lands on a flat segment, slope zero, without a mask.
+        """
+        m, n = phi.shape
+        padded = np.concatenate([phi[:, :1], phi, phi[:, -1:]], axis=1)
+        rise = np.zeros_like(padded)
+        rise[:, :-1] = np.diff(padded, axis=1)
+        intercept = padded - rise * np.arange(n + 2, dtype=padded.dtype)
+        return rise.ravel(), intercept.ravel()
+
     def _influence(self, z, phi, *, grad=False, out=None):
         """``phi(z)`` per filter (the last axis of ``z`` in rows of ``m``).
 
-        With ``grad`` also ``phi'(z)``, and the knot below every response
-        (flat in ``phi``) with its fraction, which the gradient needs.
-        Computed in blocks of responses, in cache, that allocate no
-        image-sized temporaries; ``out`` may be ``z`` itself.
+        With ``grad`` also ``phi'(z)``, and the padded knot below every
+        response (flat in :meth:`_tables`' ``(m, n_knots + 2)``) with its
+        fraction, which the gradient needs.  Computed in blocks of
+        responses, in cache, that allocate no image-sized temporaries;
+        ``out`` may be ``z`` itself.
         """
-        if not grad:
-            return self._values(z, phi, out)
-        m, n = phi.shape
-        zf = z.reshape(-1, m)
-        value = np.empty_like(zf)
-        slope, frac = np.empty_like(zf), np.empty_like(zf)
-        index = np.empty(zf.shape, dtype=np.intp)
-        # int32 indices and the knot found in floating point: float-to-int64
-        # conversions and mixed int64 / float arithmetic cost several passes.
-        offsets = np.arange(0, m * n, n, dtype=np.int32)
-        flat = phi.ravel()
-        # phi's rise over the segment from each knot (a filter's last: unread)
-        rise = np.zeros_like(flat)
-        rise[:-1] = flat[1:] - flat[:-1]
-        inv = 1.0 / self.spacing
-        rows = max(_BLOCK // m, 1)
-        for a in range(0, len(zf), rows):
-            b = slice(a, a + rows)
-            t = np.add(zf[b], self.bound, out=frac[b])
-            t *= inv
-            outside = (t <= 0) | (t >= n - 1)
-            np.clip(t, 0, n - 1, out=t)
-            knot = np.floor(t)
-            np.minimum(knot, n - 2, out=knot)
-            t -= knot  # exact: the fraction of a segment
-            i = knot.astype(np.int32)
-            i += offsets
-            step = rise.take(i, out=slope[b], mode="clip")
-            np.multiply(step, t, out=value[b])
-            value[b] += flat.take(i, mode="clip")
-            step *= inv
-            np.copyto(step, 0, where=outside)
-            index[b] = i
-        return value.reshape(z.shape), slope.reshape(z.shape), index, frac
-
-    def _values(self, z, phi, out=None):
-        """``phi(z)`` alone: the denoiser's path, with fewer passes per block."""
         m, n = phi.shape
         zf = z.reshape(-1, m)
         value = np.empty_like(zf) if out is None else out.reshape(zf.shape)
-        offsets = np.arange(0, m * n, n, dtype=np.int32)
-        flat = phi.ravel()
-        rise = np.zeros_like(flat)
-        rise[:-1] = flat[1:] - flat[:-1]
-        rise[n - 1 :: n] = 0.0  # a response clipped to the last knot
-        # phi = intercept[i] + rise[i] t on the segment from knot i (t in
-        # knots): one gather fewer than from the knot's value, no fraction,
-        # and t's floor is its truncation (t >= 0).
-        intercept = flat - rise * np.tile(np.arange(n, dtype=flat.dtype), m)
+        if grad:
+            slope, frac = np.empty_like(zf), np.empty_like(zf)
+            index = np.empty(zf.shape, dtype=np.intp)  # what bincount reads
+        rise, intercept = self._tables(phi)
+        # int32 indices and the knot found in floating point: float-to-int64
+        # conversions and mixed int64 / float arithmetic cost several passes.
+        offsets = np.arange(0, m * (n + 2), n + 2, dtype=np.int32)
         inv = 1.0 / self.spacing
         rows = max(_BLOCK // m, 1)
         for a in range(0, len(zf), rows):
             b = slice(a, a + rows)
-            t = np.add(zf[b], self.bound)
+            # t in knots from the padded first knot, at -bound - spacing
+            t = np.add(zf[b], self.bound + self.spacing, out=frac[b] if grad else None)
             t *= inv
-            np.clip(t, 0, n - 1, out=t)
-            i = t.astype(np.int32)
+            np.clip(t, 0, n + 1, out=t)
+            knot = np.floor(t)
+            i = knot.astype(np.int32)
             i += offsets
-            np.multiply(rise.take(i, mode="clip"), t, out=value[b])
+            step = rise.take(i, out=slope[b] if grad else None, mode="clip")
+            np.multiply(step, t, out=value[b])
             value[b] += intercept.take(i, mode="clip")
-        return value.reshape(z.shape)
+            if grad:
+                step *= inv
+                t -= knot  # exact: the fraction of a segment
+                index[b] = i
+        value = value.reshape(z.shape)
+        if not grad:
+            return value
+        return value, slope.reshape(z.shape), index, frac
 
     def forward(self, operator, params, x, X, *, record=False):
         """The steps from the stages' output ``x`` (rows), and their inputs."""
@@ -221,15 +206,18 @@ class Refinement:
             d_R = op.weight_grad(q_slope, x)
             d_R += op.weight_grad(value, g)
             grads["refine_filters"][k] = d_R.mean(axis=1, keepdims=True) - d_R
-            # phi(z) = (1 - f) phi[i] + f phi[i + 1]: the knot above gets the
-            # fraction's share, shifted by one (never past a filter's knots).
-            i = i.ravel()
-            shares = np.bincount(
-                i, q.reshape(-1) * frac.reshape(-1), minlength=phi.size
-            )
-            d_phi = np.bincount(i, q.reshape(-1), minlength=phi.size) - shares
-            d_phi[1:] += shares[:-1]
-            grads["refine_phi"][k] = -d_phi.reshape(phi.shape)
+            # phi(z) = (1 - f) p[i] + f p[i + 1] on the padded knots p: the
+            # knot above gets the fraction's share; the pads are phi's ends.
+            m, n = phi.shape
+            i, size = i.ravel(), m * (n + 2)
+            shares = np.bincount(i, q.reshape(-1) * frac.reshape(-1), minlength=size)
+            d_pad = np.bincount(i, q.reshape(-1), minlength=size) - shares
+            d_pad, shares = d_pad.reshape(m, n + 2), shares.reshape(m, n + 2)
+            d_pad[:, 1:] += shares[:, :-1]
+            d_phi = d_pad[:, 1:-1]
+            d_phi[:, 0] += d_pad[:, 0]
+            d_phi[:, -1] += d_pad[:, -1]
+            grads["refine_phi"][k] = -d_phi
             grads["refine_weight"][k] = -np.vdot(g, x - X)
             g_in = (1.0 - lam) * g
             g_in -= op.adjoint(q_slope)
