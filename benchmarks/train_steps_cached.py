@@ -45,7 +45,6 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import pathlib
 import shlex
 import sys
@@ -62,6 +61,7 @@ from sklearn_ergo._convolutional import (
 )
 from sklearn_ergo._image_data import median_shift
 from sklearn_ergo._image_training import benchmark_noise, cosine_learning_rate, psnr
+from sklearn_ergo._model_io import savez_atomic
 from sklearn_ergo._optim import Adam, ParameterVector
 from sklearn_ergo._refinement import PARAM_NAMES, Refinement
 from sklearn_ergo.datasets import load_image_folder
@@ -190,8 +190,7 @@ RUN_SETTINGS = (
 
 
 def save_checkpoint(path, settings, state):
-    """Write ``state`` next to ``path`` and rename it into place (atomic)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    """Write ``state`` to ``path`` atomically."""
     arrays = {"settings": np.array(json.dumps(settings, sort_keys=True))}
     for group in ("params", "best_params", "adam_m", "adam_v", "adam_t"):
         arrays.update((f"{group}/{k}", np.asarray(v)) for k, v in state[group].items())
@@ -199,12 +198,7 @@ def save_checkpoint(path, settings, state):
         arrays[name] = np.array(state[name])
     arrays["losses"] = np.array(state["losses"], dtype=np.float64)
     arrays["rng"] = np.array(json.dumps(state["rng"]))
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    savez_atomic(path, **arrays)
 
 
 def load_checkpoint(path, settings):

@@ -35,8 +35,6 @@ after an interruption gives bit for bit the run that was never interrupted.
 import hashlib
 import json
 import math
-import os
-import pathlib
 import time
 from dataclasses import dataclass, field, replace
 
@@ -47,7 +45,7 @@ from . import datasets
 from ._convolutional import denoise_images, images_loss_grad
 from ._image_data import median_shift
 from ._image_denoiser import ImageDenoiser
-from ._model_io import save_denoiser
+from ._model_io import save_denoiser, savez_atomic
 from ._optim import Adam, ParameterVector
 from ._penalties import make_penalty
 from ._refinement import Refinement
@@ -428,39 +426,27 @@ def _config(model, **settings):
 
 
 def save_checkpoint(path, state, flat, config):
-    """Write the checkpoint next to ``path`` and rename it into place.
-
-    ``os.replace`` is atomic: a failed or interrupted write leaves the
-    previous checkpoint intact.
-    """
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                format=np.array(_FORMAT),
-                config=np.array(json.dumps(config, sort_keys=True)),
-                flat=np.array(flat.to_json()),
-                step=np.array(state.step),
-                u=state.u,
-                adam_m=state.adam_m,
-                adam_v=state.adam_v,
-                adam_t=np.array(state.adam_t),
-                rng_state=np.array(state.rng_state),
-                best_u=state.best_u,
-                best_step=np.array(state.best_step),
-                best_psnr=np.array(state.best_psnr),
-                loss_sum=np.array(state.loss_sum),
-                loss_count=np.array(state.loss_count),
-                elapsed=np.array(state.elapsed),
-                history=np.array(state.history, dtype=np.float64).reshape(-1, 5),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the checkpoint to ``path`` atomically (:func:`savez_atomic`): a
+    failed or interrupted write leaves the previous checkpoint intact."""
+    savez_atomic(
+        path,
+        format=np.array(_FORMAT),
+        config=np.array(json.dumps(config, sort_keys=True)),
+        flat=np.array(flat.to_json()),
+        step=np.array(state.step),
+        u=state.u,
+        adam_m=state.adam_m,
+        adam_v=state.adam_v,
+        adam_t=np.array(state.adam_t),
+        rng_state=np.array(state.rng_state),
+        best_u=state.best_u,
+        best_step=np.array(state.best_step),
+        best_psnr=np.array(state.best_psnr),
+        loss_sum=np.array(state.loss_sum),
+        loss_count=np.array(state.loss_count),
+        elapsed=np.array(state.elapsed),
+        history=np.array(state.history, dtype=np.float64).reshape(-1, 5),
+    )
 
 
 def load_checkpoint(path):

@@ -63,15 +63,28 @@ def save_denoiser(denoiser, path):
     path = pathlib.Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
+    savez_atomic(path, **_fields(denoiser))
+
+
+def savez_atomic(path, **arrays):
+    """:func:`numpy.savez` to a file next to ``path``, synced, then renamed onto it.
+
+    ``os.replace`` is atomic: a failed or interrupted write leaves the
+    previous file at ``path`` intact (models, training checkpoints).
+    """
+    path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     try:
-        _write(denoiser, tmp)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _write(denoiser, path):
+def _fields(denoiser):
     params = denoiser._params()
     refine = {
         name: params.pop(name) for name in Refinement.param_names if name in params
@@ -88,7 +101,7 @@ def _write(denoiser, path):
         )
         fields.update(params)
     fields.update(refine)
-    np.savez(path, **fields)
+    return fields
 
 
 @validate_params({"path": [str, os.PathLike]}, prefer_skip_nested_validation=True)

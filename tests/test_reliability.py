@@ -6,7 +6,6 @@ the estimator calls, so that they exercise the recovery paths directly.
 """
 
 import contextlib
-import pathlib
 import pickle
 import signal
 import warnings
@@ -474,8 +473,8 @@ def test_interrupted_save_keeps_the_old_model_file(
     _model_io.save_denoiser(image_denoiser, target)
     good = target.read_bytes()
 
-    def interrupted(path, **arrays):
-        pathlib.Path(path).write_bytes(b"half a zip")
+    def interrupted(file, **arrays):
+        file.write(b"half a zip")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_model_io.np, "savez", interrupted)
