@@ -49,6 +49,7 @@ import pathlib
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -169,6 +170,25 @@ def loss_grad(steps, params, X, x, Y, halo, p, a):
     return loss, {k: g.astype(np.float64) for k, g in grads.items()}
 
 
+def batch_loss_grad(pool, steps, params, X, x, Y, halo, p, a):
+    """:func:`loss_grad` of the windows split among ``pool``'s threads (the
+    products, elementwise passes and gathers release the GIL), the groups'
+    means weighted by their sizes."""
+    if pool is None:
+        return loss_grad(steps, params, X, x, Y, halo, p, a)
+    groups = np.array_split(np.arange(len(X)), pool._max_workers)
+    parts = pool.map(
+        lambda g: loss_grad(steps, params, X[g], x[g], Y[g], halo, p, a), groups
+    )
+    loss, grads = 0.0, {k: 0.0 for k in params}
+    for g, (part_loss, part_grads) in zip(groups, parts, strict=True):
+        w = len(g) / len(X)
+        loss += w * part_loss
+        for k, v in part_grads.items():
+            grads[k] = grads[k] + w * v
+    return loss, grads
+
+
 def validate(steps, params, val, p, a, border):
     scores = []
     cast = {k: v.astype(np.float32) for k, v in params.items()}
@@ -249,6 +269,13 @@ def main(argv=None):
         type=float,
         default=300.0,
         help="seconds, besides validations",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads sharing each batch's windows (the sum's rounding depends "
+        "on it: resume with the same number for the same run)",
     )
     parser.add_argument("--resume", action="store_true", help="from --out's checkpoint")
     parser.add_argument("--stop-at", type=int, help="end this session after that step")
@@ -333,6 +360,7 @@ def main(argv=None):
         first, losses = 1, []
         log(f"step 0/{args.steps}: validation PSNR {best:.3f} dB")
     saved_at = time.perf_counter()
+    pool = ThreadPoolExecutor(args.threads) if args.threads > 1 else None
 
     def save(t):
         save_checkpoint(
@@ -357,7 +385,7 @@ def main(argv=None):
     for t in range(first, last + 1):
         lr = cosine_learning_rate(t - 1, args.steps, args.lr, args.final_lr_fraction)
         batch = windows((X, x, Y), args.batch, args.crop, halo, border, rng)
-        loss, grads = loss_grad(steps, params, *batch, halo, p, a)
+        loss, grads = batch_loss_grad(pool, steps, params, *batch, halo, p, a)
         losses.append(loss)
         for k, g in grads.items():
             adams[k].learning_rate = lr * scales[k]

@@ -77,3 +77,28 @@ def test_resume_continues_the_run(run, tmp_path):
 def test_resume_needs_a_checkpoint(run, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         run(tmp_path / "new", "--resume")
+
+
+def test_threads_share_the_batch():
+    """``--threads``: the groups' weighted means are the whole batch's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sklearn_ergo._refinement import Refinement
+
+    script = runpy.run_path(str(SCRIPT))
+    rng = np.random.default_rng(0)
+    steps = Refinement(2, n_knots=9)
+    params = steps.initial_params(8, 9)
+    params["refine_phi"] = 0.1 * rng.standard_normal(params["refine_phi"].shape)
+    params["refine_weight"] = np.array([0.1, 0.2])
+    X = rng.uniform(size=(5, 14, 14))
+    x = X + 0.1 * rng.standard_normal(X.shape)
+    Y = X + 0.05 * rng.standard_normal(X.shape)
+    whole = script["loss_grad"](steps, params, X, x, Y, 4, 3, 0.5)
+    with ThreadPoolExecutor(2) as pool:  # groups of 3 and 2 windows
+        shared = script["batch_loss_grad"](pool, steps, params, X, x, Y, 4, 3, 0.5)
+    np.testing.assert_allclose(shared[0], whole[0], rtol=1e-6)
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(
+            shared[1][name], whole[1][name], rtol=1e-5, atol=1e-7
+        )
