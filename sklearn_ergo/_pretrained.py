@@ -26,7 +26,11 @@ two (``benchmarks/runs/sigma25-4steps-cached/``).
 The sigma = 15 and sigma = 5 models have the same stages and the first
 step learned again at their level, on images rescaled by 25/15 and 25/5 as
 ``denoise`` applies them (``benchmarks/runs/sigma15-48x7-refine-fixed/``,
-``sigma5-48x7-refine-fixed/``, the latter from the former's step). The
+``sigma5-48x7-refine-fixed/``, the latter from the former's step); the
+sigma = 15 model then three more steps, as at 25 (a second alone, then
+with the first, then two more with those two:
+``benchmarks/runs/sigma15-step2-cached/``, ``sigma15-step2-joint-cached/``,
+``sigma15-4steps-cached/``). The
 sigma = 50 model is the model before the step fine-tuned 1000 steps at sigma = 50
 on images rescaled by 25/50 (``benchmarks/runs/sigma50-48x7-blended/``),
 then with its step learned at 50, its stages fixed
@@ -40,8 +44,9 @@ stage instead of 20 and trained 1500 more steps so
 learned after its stages (``benchmarks/runs/sigma25-fast-refine-fixed/``),
 then with three more learned with it on its stages' cached outputs
 (``benchmarks/runs/sigma25-fast-4steps-cached/``);
-the fast models of 5 and 15 have its stages and the sigma = 5 and 15 models'
-steps (``benchmarks/graft_refinement.py``).
+the fast models of 5 and 15 have its stages and the sigma = 5 model's step
+and the step the sigma = 15 model had before its four
+(``benchmarks/graft_refinement.py``).
 """
 
 from importlib import resources
