@@ -44,9 +44,8 @@ stage instead of 20 and trained 1500 more steps so
 learned after its stages (``benchmarks/runs/sigma25-fast-refine-fixed/``),
 then with three more learned with it on its stages' cached outputs
 (``benchmarks/runs/sigma25-fast-4steps-cached/``);
-the fast models of 5 and 15 have its stages and the sigma = 5 model's step
-and the step the sigma = 15 model had before its four
-(``benchmarks/graft_refinement.py``).
+the fast models of 5 and 15 have its stages and the sigma = 5 and 15 models'
+steps (``benchmarks/graft_refinement.py``).
 """
 
 from importlib import resources
