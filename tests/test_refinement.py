@@ -272,7 +272,7 @@ def test_influence_by_blocks_is_the_whole(monkeypatch):
     z = rng.uniform(-0.8, 0.8, size=(3, 40)).astype(np.float32)  # 10 filters
     phi = rng.standard_normal((10, 7)).astype(np.float32)
     whole = refinement._influence(z, phi, grad=True)
-    monkeypatch.setattr(_refinement, "_BLOCK", 25)  # 2 rows of 10 per block
+    monkeypatch.setattr(_refinement, "_BLOCK_BYTES", 100)  # 2 rows of 10 float32
     blocks = refinement._influence(z, phi, grad=True)
     for a, b in zip(whole, blocks, strict=True):
         np.testing.assert_array_equal(a, b)
