@@ -170,13 +170,13 @@ def loss_grad(steps, params, X, x, Y, halo, p, a):
     return loss, {k: g.astype(np.float64) for k, g in grads.items()}
 
 
-def batch_loss_grad(pool, steps, params, X, x, Y, halo, p, a):
-    """:func:`loss_grad` of the windows split among ``pool``'s threads (the
-    products, elementwise passes and gathers release the GIL), the groups'
+def batch_loss_grad(pool, threads, steps, params, X, x, Y, halo, p, a):
+    """:func:`loss_grad` of the windows split among ``threads`` threads of
+    ``pool`` (NumPy's products and passes release the GIL), the groups'
     means weighted by their sizes."""
-    if pool is None:
+    if threads == 1:
         return loss_grad(steps, params, X, x, Y, halo, p, a)
-    groups = np.array_split(np.arange(len(X)), pool._max_workers)
+    groups = np.array_split(np.arange(len(X)), threads)
     parts = pool.map(
         lambda g: loss_grad(steps, params, X[g], x[g], Y[g], halo, p, a), groups
     )
@@ -385,7 +385,9 @@ def main(argv=None):
     for t in range(first, last + 1):
         lr = cosine_learning_rate(t - 1, args.steps, args.lr, args.final_lr_fraction)
         batch = windows((X, x, Y), args.batch, args.crop, halo, border, rng)
-        loss, grads = batch_loss_grad(pool, steps, params, *batch, halo, p, a)
+        loss, grads = batch_loss_grad(
+            pool, args.threads, steps, params, *batch, halo, p, a
+        )
         losses.append(loss)
         for k, g in grads.items():
             adams[k].learning_rate = lr * scales[k]

@@ -32,7 +32,8 @@ PARAM_NAMES = ("refine_filters", "refine_phi", "refine_weight")
 #: Bytes of responses per block of the influence functions' evaluation.
 #: Each NumPy call holds the GIL while it dispatches: on the tiles' threads,
 #: blocks of 32768 responses ran 4 steps of the fast model on a 528^2 image
-#: in 339 ms (float32, 2 threads), blocks of 512 KB in 257 ms.
+#: in 339 ms (float32, 2 threads), blocks of 512 KB in 257 ms (one timing
+#: on the 2-core machine of the README's speed section).
 _BLOCK_BYTES = 1 << 19
 
 

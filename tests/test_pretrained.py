@@ -25,7 +25,13 @@ SHIPPED = [(level, False) for level in PRETRAINED_LEVELS] + [
 
 
 #: Refinement steps per shipped file, (level, fast) -> steps; 1 if absent.
-N_REFINE = {(15, False): 4, (25, False): 4, (50, False): 4, (15, True): 4, (25, True): 4}
+N_REFINE = {
+    (15, False): 4,
+    (25, False): 4,
+    (50, False): 4,
+    (15, True): 4,
+    (25, True): 4,
+}
 
 
 @pytest.mark.parametrize("level, fast", SHIPPED)

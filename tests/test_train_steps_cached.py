@@ -96,7 +96,7 @@ def test_threads_share_the_batch():
     Y = X + 0.05 * rng.standard_normal(X.shape)
     whole = script["loss_grad"](steps, params, X, x, Y, 4, 3, 0.5)
     with ThreadPoolExecutor(2) as pool:  # groups of 3 and 2 windows
-        shared = script["batch_loss_grad"](pool, steps, params, X, x, Y, 4, 3, 0.5)
+        shared = script["batch_loss_grad"](pool, 2, steps, params, X, x, Y, 4, 3, 0.5)
     np.testing.assert_allclose(shared[0], whole[0], rtol=1e-6)
     for name in PARAM_NAMES:
         np.testing.assert_allclose(
