@@ -125,14 +125,15 @@ class Refinement:
         intercept = padded - rise * np.arange(n + 2, dtype=padded.dtype)
         return rise.ravel(), intercept.ravel()
 
-    def _influence(self, z, phi, *, grad=False, out=None):
+    def _influence(self, z, phi, *, grad=False, out=None, tables=None):
         """``phi(z)`` per filter (the last axis of ``z`` in rows of ``m``).
 
         With ``grad`` also ``phi'(z)``, and the padded knot below every
         response (flat in :meth:`_tables`' ``(m, n_knots + 2)``) with its
         fraction, which the gradient needs.  Computed in blocks of
         responses, in cache, that allocate no image-sized temporaries;
-        ``out`` may be ``z`` itself.
+        ``out`` may be ``z`` itself; ``tables``: :meth:`_tables` of ``phi``,
+        when made once for many calls.
         """
         m, n = phi.shape
         zf = z.reshape(-1, m)
@@ -140,7 +141,7 @@ class Refinement:
         if grad:
             slope, frac = np.empty_like(zf), np.empty_like(zf)
             index = np.empty(zf.shape, dtype=np.intp)  # what bincount reads
-        rise, intercept = self._tables(phi)
+        rise, intercept = self._tables(phi) if tables is None else tables
         # int32 indices and the knot found in floating point: float-to-int64
         # conversions and mixed int64 / float arithmetic cost several passes.
         offsets = np.arange(0, m * (n + 2), n + 2, dtype=np.int32)
@@ -177,10 +178,11 @@ class Refinement:
                 inputs.append(x)
             if z is None:
                 z = np.empty((len(x), op.n_dual), dtype=x.dtype)
-            flat = z.reshape(-1)
+            flat, tables = z.reshape(-1), self._tables(phi)  # once per step
 
-            def influence(start, stop, phi=phi, flat=flat):
-                self._influence(flat[start:stop], phi, out=flat[start:stop])
+            def influence(start, stop, phi=phi, flat=flat, tables=tables):
+                part = flat[start:stop]
+                self._influence(part, phi, out=part, tables=tables)
 
             # y = (1 - lam) x + lam x~ - R^T phi(R x): the influence and the
             # adjoint per tile of the convolution, in cache and on its threads.
