@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from ._conv_kernels import TILE_POSITIONS, ValidKernels
+from ._conv_kernels import ValidKernels
 
 BOUNDARIES = ("valid", "periodic")
 
@@ -120,8 +120,9 @@ class ConvolutionalOperator:
         meant for a single-threaded BLAS, else the two pools oversubscribe
         the cores.
     tile_positions : int, default=None
-        Patch positions per tile of the banded kernels
-        (:data:`~sklearn_ergo._conv_kernels.TILE_POSITIONS` if None).
+        Patch positions per tile of the banded kernels (if None, 32 KB of
+        the working dtype: 4096 in float64, 8192 in float32; see
+        :data:`~sklearn_ergo._conv_kernels.TILE_BYTES`).
 
     Attributes
     ----------
@@ -172,7 +173,7 @@ class ConvolutionalOperator:
         self.patch_size = p
         self.boundary = boundary
         self.n_threads = int(n_threads)
-        self.tile_positions = tile_positions or TILE_POSITIONS
+        self.tile_positions = tile_positions
         self.n_filters = weights.shape[0]
         if boundary == "valid":
             self._grid = (H - p + 1, W - p + 1)

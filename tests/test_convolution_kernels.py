@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sklearn_ergo._chambolle_pock import backward, forward
-from sklearn_ergo._conv_kernels import make_tiles
+from sklearn_ergo._conv_kernels import TILE_BYTES, make_tiles
 from sklearn_ergo._convolutional import BOUNDARIES, ConvolutionalOperator
 from sklearn_ergo._penalties import WeightedL1
 from sklearn_ergo._steps import ScaledSteps
@@ -207,6 +207,20 @@ def test_tiles_cover_positions_once():
             assert start == (n0 * grid[0] + i0) * grid[1]
             start += (n1 - n0) * (i1 - i0) * grid[1]
         np.testing.assert_array_equal(covered, 1)
+
+
+def test_default_tiles_hold_the_same_bytes_in_each_dtype():
+    op = ConvolutionalOperator(np.ones((2, 9)), (40, 40), 3)
+    tiles = {
+        dtype: op._kernel(dtype).tile_positions for dtype in (np.float64, np.float32)
+    }
+    assert tiles[np.float64] * 8 == tiles[np.float32] * 4 == TILE_BYTES
+    assert (
+        ConvolutionalOperator(np.ones((2, 9)), (40, 40), 3, tile_positions=7)
+        ._kernel(np.float32)
+        .tile_positions
+        == 7
+    )
 
 
 class _WholeArrays:
