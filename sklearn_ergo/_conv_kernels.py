@@ -39,7 +39,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._operators import blas
-from ._parallel import run_threads
+from ._parallel import run_threads, scratch_buffer
 
 #: Bytes of one value per patch position of a tile: 4096 positions in
 #: float64, 8192 in float32.  The scratch ``(p^2, n_t)`` block and the
@@ -76,15 +76,6 @@ def make_tiles(n_images, grid, target):
     return [
         (n0, min(n0 + images, n_images), 0, Hg) for n0 in range(0, n_images, images)
     ]
-
-
-def _buffer(scratch, size, dtype, name=""):
-    """A reusable 1-D scratch array of at least ``size`` values."""
-    key = (name, np.dtype(dtype))
-    buf = scratch.get(key)
-    if buf is None or buf.size < size:
-        buf = scratch[key] = np.empty(size, dtype=dtype)
-    return buf[:size]
 
 
 def _add_scaled(x, a, y):
@@ -144,7 +135,9 @@ class ValidKernels:
         n0, n1, i0, i1 = tile
         p, Wg = self.p, self.grid[1]
         n_t = (n1 - n0) * (i1 - i0) * Wg
-        cols = _buffer(scratch, p * p * n_t, windows.dtype).reshape(p * p, n_t)
+        cols = scratch_buffer(scratch, p * p * n_t, windows.dtype, "cols").reshape(
+            p * p, n_t
+        )
         np.copyto(
             cols.reshape(p, p, n1 - n0, i1 - i0, Wg),
             windows[n0:n1, i0:i1].transpose(3, 4, 0, 1, 2),
@@ -177,7 +170,7 @@ class ValidKernels:
                 np.dot(cols.T, KT, out=Z_t)
                 _add_scaled(prev[start:stop], beta, Z_t)
             else:
-                product = _buffer(scratch, Z_t.size, Z.dtype, "product")
+                product = scratch_buffer(scratch, Z_t.size, Z.dtype, "product")
                 product = np.dot(cols.T, KT, out=product.reshape(Z_t.shape))
                 if beta != 1.0:
                     Z_t *= beta
@@ -213,7 +206,9 @@ class ValidKernels:
                 wide_adjoint(n0, i0, i1, Y[start:stop], scratch)
                 return
             n_t = stop - start
-            T = _buffer(scratch, p * p * n_t, Y.dtype).reshape(p * p, n_t)
+            T = scratch_buffer(scratch, p * p * n_t, Y.dtype, "cols").reshape(
+                p * p, n_t
+            )
             np.dot(KT, Y[start:stop].T, out=T)
             T = T.reshape(p, p, n1 - n0, i1 - i0, Wg)
             for u in range(p):
@@ -229,10 +224,14 @@ class ValidKernels:
             W = canvas.shape[2]
             rows, m = i1 - i0, Y_t.shape[1]
             n_w = rows * W
-            Y_w = _buffer(scratch, n_w * m, Y_t.dtype, "wide").reshape(rows, W, m)
+            Y_w = scratch_buffer(scratch, n_w * m, Y_t.dtype, "wide").reshape(
+                rows, W, m
+            )
             Y_w[:, :Wg] = Y_t.reshape(rows, Wg, m)
             Y_w[:, Wg:] = 0.0
-            T = _buffer(scratch, p * p * n_w, Y_t.dtype).reshape(p * p, n_w)
+            T = scratch_buffer(scratch, p * p * n_w, Y_t.dtype, "cols").reshape(
+                p * p, n_w
+            )
             np.dot(KT, Y_w.reshape(n_w, m).T, out=T)
             flat = canvas[n].reshape(-1)
             # The zero columns wrap onto the next row of the tile's own
@@ -276,7 +275,7 @@ class ValidKernels:
             acc = accs.get(threading.get_ident())
             if acc is None:
                 acc = accs[threading.get_ident()] = np.zeros(out.shape, out.dtype)
-            product = _buffer(scratch, acc.size, acc.dtype, "grad")
+            product = scratch_buffer(scratch, acc.size, acc.dtype, "grad")
             product = np.dot(Y[start:stop].T, cols.T, out=product.reshape(acc.shape))
             _add_scaled(product, alpha, acc)
 

@@ -46,7 +46,7 @@ import numpy as np
 from scipy.special import exprel
 
 from ._operators import blas
-from ._parallel import run_threads
+from ._parallel import run_threads, scratch_buffer
 
 
 class Penalty:
@@ -326,7 +326,8 @@ def _by_row_blocks(z, m, fill, n_out=1, n_threads=1):
     with 48 filters has 12.6 M coordinates, and whole-size temporaries (fresh
     memory at every call) made one such step a large share of denoising an
     image; the blocks are shared by ``n_threads`` threads.  Returns the
-    array, or a list of ``n_out`` of them.
+    array, or a list of ``n_out`` of them.  ``fill`` gets the thread's
+    ``scratch`` (:func:`~sklearn_ergo._parallel.scratch_buffer`) as a keyword.
     """
     outs = [np.empty_like(z) for _ in range(n_out)]
     rows, z_rows = [o.reshape(-1, m) for o in outs], z.reshape(-1, m)
@@ -334,7 +335,7 @@ def _by_row_blocks(z, m, fill, n_out=1, n_threads=1):
     blocks = [slice(start, start + step) for start in range(0, len(z_rows), step)]
 
     def fill_block(block, scratch):
-        fill(z_rows[block], *(r[block] for r in rows))
+        fill(z_rows[block], *(r[block] for r in rows), scratch=scratch)
 
     run_threads(fill_block, blocks, n_threads)
     return outs[0] if n_out == 1 else outs
@@ -369,22 +370,29 @@ class ShapedLog(Log):
         penalty."""
         return np.zeros(self.param_shape(name, rows))
 
-    def _segments(self, z, params):
+    def _segments(self, z, params, scratch=None):
         """As rows ``(-1, m)``: ``|z|``, ``u``, each one's segment (flat index)
-        and its offset ``u - u_i`` in it, in the dtype of ``z``."""
+        and its offset ``u - u_i`` in it, in the dtype of ``z``; in buffers of
+        ``scratch`` if given (valid until its next use)."""
         eps, a = params["eps"], params["shape"]
         m, n = a.shape
         h = self.knot_spacing
-        t = np.abs(z).reshape(-1, m)
-        u = np.divide(t, eps)
+        t, u, x = (
+            scratch_buffer(scratch, z.size, z.dtype, name).reshape(-1, m)
+            for name in ("segments |z|", "segments u", "segments x")
+        )
+        np.abs(z.reshape(-1, m), out=t)
+        np.divide(t, eps, out=u)
         # log(1 + u) rather than log1p: NumPy vectorises log, not log1p (6x
         # faster in float32), and only u's absolute error, one rounding of
         # 1 + u, reaches the segments and weights.
         u += 1.0
         np.log(u, out=u)
-        flat = np.multiply(u, 1.0 / h).astype(np.int32)
+        flat = scratch_buffer(scratch, z.size, np.int32, "segments index")
+        flat = flat.reshape(-1, m)
+        np.copyto(flat, np.multiply(u, 1.0 / h, out=x), casting="unsafe")
         np.minimum(flat, n - 1, out=flat)
-        x = flat.astype(u.dtype)
+        np.copyto(x, flat)
         x *= -h
         x += u
         flat += n * np.arange(m, dtype=np.int32)
@@ -412,8 +420,9 @@ class ShapedLog(Log):
         """Slopes ``exp(c_i - exp(a_i) (u - u_i))`` at ``z``, new array."""
         knots = self._log_w_at_knots(params["shape"])
 
-        def fill(z_rows, out):
-            self._weights_at(self._segments(z_rows, params), knots, out)
+        def fill(z_rows, out, scratch):
+            segments = self._segments(z_rows, params, scratch)
+            self._weights_at(segments, knots, out, scratch)
 
         return _by_row_blocks(z, len(params["eps"]), fill, n_threads=n_threads)
 
@@ -422,14 +431,19 @@ class ShapedLog(Log):
         return self.weights(z, params, n_threads), None
 
     @staticmethod
-    def _weights_at(segments, knots, out):
+    def _weights_at(segments, knots, out, scratch=None):
         """``out <-`` the weights at :meth:`_segments` ``segments``, given
-        :meth:`_log_w_at_knots` ``knots``."""
+        :meth:`_log_w_at_knots` ``knots`` (``scratch``: as there)."""
         _, _, x, flat = segments
         b, c = knots
-        log_w = np.take(b.ravel(), flat)
+        log_w, c_i = (
+            scratch_buffer(scratch, x.size, x.dtype, name).reshape(x.shape)
+            for name in ("weights log w", "weights c")
+        )
+        # mode="clip" (the indices are in range): "raise" buffers ``out``.
+        np.take(b.ravel(), flat, out=log_w, mode="clip")
         log_w *= x
-        np.subtract(np.take(c.ravel(), flat), log_w, out=log_w)
+        np.subtract(np.take(c.ravel(), flat, out=c_i, mode="clip"), log_w, out=log_w)
         np.exp(log_w, out=out)
 
     def weights_vjp(self, z, w, params, d_w):
@@ -493,13 +507,18 @@ class ShiftedShapedLog(ShapedLog):
         v = params["gain"]
         return v[:, :-1].ravel(), (np.diff(v, axis=-1) / self.knot_spacing).ravel()
 
-    def _rho(self, segments, lines):
-        """The gain ``rho`` at :meth:`_segments` ``segments``, as rows."""
+    def _rho(self, segments, lines, scratch=None):
+        """The gain ``rho`` at :meth:`_segments` ``segments``, as rows
+        (``scratch``: as there)."""
         _, _, x, flat = segments
         value, slope = lines
-        rho = np.minimum(x, self.knot_spacing)  # constant beyond the last knot
-        rho *= np.take(slope, flat)
-        rho += np.take(value, flat)
+        rho, term = (
+            scratch_buffer(scratch, x.size, x.dtype, name).reshape(x.shape)
+            for name in ("gain rho", "gain term")
+        )
+        np.minimum(x, self.knot_spacing, out=rho)  # constant beyond the last knot
+        rho *= np.take(slope, flat, out=term, mode="clip")
+        rho += np.take(value, flat, out=term, mode="clip")
         return rho
 
     def _gain(self, segments, params):
@@ -517,16 +536,17 @@ class ShiftedShapedLog(ShapedLog):
         knots = flat + np.arange(len(params["eps"]), dtype=flat.dtype)
         return t, rho, slope, knots, f
 
-    def _targets_at(self, segments, lines, z_rows, out):
+    def _targets_at(self, segments, lines, z_rows, out, scratch=None):
         """``out <- rho z`` at :meth:`_segments` ``segments``."""
-        np.multiply(self._rho(segments, lines), z_rows, out=out)
+        np.multiply(self._rho(segments, lines, scratch), z_rows, out=out)
 
     def targets(self, z, params, n_threads=1):
         """``t = rho(u) z`` at ``z``, new array."""
         lines = self._gain_lines(params)
 
-        def fill(z_rows, out):
-            self._targets_at(self._segments(z_rows, params), lines, z_rows, out)
+        def fill(z_rows, out, scratch):
+            segments = self._segments(z_rows, params, scratch)
+            self._targets_at(segments, lines, z_rows, out, scratch)
 
         return _by_row_blocks(z, len(params["eps"]), fill, n_threads=n_threads)
 
@@ -535,10 +555,10 @@ class ShiftedShapedLog(ShapedLog):
         knots = self._log_w_at_knots(params["shape"])
         lines = self._gain_lines(params)
 
-        def fill(z_rows, w, t):
-            segments = self._segments(z_rows, params)
-            self._weights_at(segments, knots, w)
-            self._targets_at(segments, lines, z_rows, t)
+        def fill(z_rows, w, t, scratch):
+            segments = self._segments(z_rows, params, scratch)
+            self._weights_at(segments, knots, w, scratch)
+            self._targets_at(segments, lines, z_rows, t, scratch)
 
         return _by_row_blocks(z, len(params["eps"]), fill, n_out=2, n_threads=n_threads)
 
