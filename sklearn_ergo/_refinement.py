@@ -116,20 +116,22 @@ class Refinement:
         """Per knot of each filter, the rise of ``phi`` over the segment from
         it and the intercept of that segment's line (``t`` in knots), on the
         knots padded by one flat segment at each end: a response past the
-        bound lands on a flat segment, slope zero, without a mask.
+        bound lands on a flat segment, slope zero, without a mask.  As rows
+        ``(rise, intercept)`` of one ``(m (n_knots + 2), 2)`` array: one
+        gather fetches both.
         """
         m, n = phi.shape
         padded = np.concatenate([phi[:, :1], phi, phi[:, -1:]], axis=1)
         rise = np.zeros_like(padded)
         rise[:, :-1] = np.diff(padded, axis=1)
         intercept = padded - rise * np.arange(n + 2, dtype=padded.dtype)
-        return rise.ravel(), intercept.ravel()
+        return np.stack([rise.ravel(), intercept.ravel()], axis=1)
 
     def _influence(self, z, phi, *, grad=False, out=None, tables=None):
         """``phi(z)`` per filter (the last axis of ``z`` in rows of ``m``).
 
         With ``grad`` also ``phi'(z)``, and the padded knot below every
-        response (flat in :meth:`_tables`' ``(m, n_knots + 2)``) with its
+        response (a row of :meth:`_tables`, flat in ``(m, n_knots + 2)``) with its
         fraction, which the gradient needs.  Computed in blocks of
         responses, in cache, that allocate no image-sized temporaries;
         ``out`` may be ``z`` itself; ``tables``: :meth:`_tables` of ``phi``,
@@ -141,7 +143,7 @@ class Refinement:
         if grad:
             slope, frac = np.empty_like(zf), np.empty_like(zf)
             index = np.empty(zf.shape, dtype=np.intp)  # what bincount reads
-        rise, intercept = self._tables(phi) if tables is None else tables
+        table = self._tables(phi) if tables is None else tables
         # int32 indices and the knot found in floating point: float-to-int64
         # conversions and mixed int64 / float arithmetic cost several passes.
         offsets = np.arange(0, m * (n + 2), n + 2, dtype=np.int32)
@@ -156,11 +158,13 @@ class Refinement:
             knot = np.floor(t)
             i = knot.astype(np.int32)
             i += offsets
-            step = rise.take(i, out=slope[b] if grad else None, mode="clip")
-            np.multiply(step, t, out=value[b])
-            value[b] += intercept.take(i, mode="clip")
+            # One gather of (rise, intercept) pairs: 3.3 against 3.75 ns per
+            # response for two gathers (float32, one thread).
+            pairs = table.take(i, axis=0, mode="clip")
+            np.multiply(pairs[..., 0], t, out=value[b])
+            value[b] += pairs[..., 1]
             if grad:
-                step *= inv
+                np.multiply(pairs[..., 0], inv, out=slope[b])
                 t -= knot  # exact: the fraction of a segment
                 index[b] = i
         value = value.reshape(z.shape)
