@@ -10,7 +10,7 @@ the same recursion; layer ``l`` (1-based) uses ``sigma[l-1]``, ``tau[l-1]``,
 
 import numpy as np
 
-from ._operators import blas, scratch
+from ._operators import axpy, scratch
 from ._penalties import SquaredL2
 
 _G = SquaredL2()
@@ -74,10 +74,10 @@ def forward(op, X, steps, penalty, alpha, *, record=False):
         apply_update(op, xbar, y, sigma, beta, prev, prox, (r, -tau * c, r_prev, c))
         # extrapolation, stored with the data added: xbar = X + r + theta (r - r_prev)
         np.copyto(xbar, X)
-        _axpy(r, xbar, 1.0 + theta)
-        _axpy(r_prev, xbar, -theta)
+        axpy(r, xbar, 1.0 + theta)
+        axpy(r_prev, xbar, -theta)
         if alpha[l - 1] != 0.0:
-            _axpy(r, out, float(alpha[l - 1]))
+            axpy(r, out, float(alpha[l - 1]))
     out += X
     return out, ((R, Y) if record else None)
 
@@ -176,11 +176,11 @@ def backward(
         # through the extrapolated points xbar^[l], xbar^[l+1];
         # delta_P^[l] = (delta_P^[l+1] + K^T comb + alpha_l g) / (1 + tau_l).
         np.multiply(w_next, 1.0 + theta, out=comb)
-        _axpy(w_next2, comb, -theta_next)
+        axpy(w_next2, comb, -theta_next)
         c = _G.prox_slope(tau)
         op.adjoint_acc(comb, d_P, c, c)
         if alpha[l - 1] != 0.0:
-            _axpy(g, d_P, c * float(alpha[l - 1]))
+            axpy(g, d_P, c * float(alpha[l - 1]))
         # grad_D's share of r^[l] (see Notes), and the step-size terms.
         op.weight_grad_acc(comb, R[l], grad_D)
         pr += tau * _dot(d_P, R[l])
@@ -197,7 +197,7 @@ def backward(
             on_layer(l, d_P, d_D)
         w_next, w_next2 = w, w_next
         sigma_next = sigma
-        _axpy(w, w_sum, 1.0)
+        axpy(w, w_sum, 1.0)
         op.weight_grad_acc(y, d_P, grad_P, tau)
         if c2:
             wy += _dot(w, y)
@@ -211,7 +211,7 @@ def backward(
         # Layer l's pre-prox point holds -sigma_l t.
         sigma_sens -= _dot(w_sum, shift)
         if shift_grad is not None:
-            _axpy(w_sum, shift_grad, -1.0)
+            axpy(w_sum, shift_grad, -1.0)
     tau_sens = -float(np.vdot(K, grad_P)) - pr
     return grad_D, grad_P, sigma_sens, tau_sens
 
@@ -236,7 +236,7 @@ def apply_update(op, X, out, alpha, beta, prev=None, post=None, adjoint=None):
         # copying prev and accumulating the product (through a buffer).
         op.apply_acc(X, out, alpha, 0.0)
         if beta != 0.0:
-            _axpy(prev, out, beta)
+            axpy(prev, out, beta)
     else:
         op.apply_acc(X, out, alpha, beta)
     if post is not None:
@@ -244,7 +244,7 @@ def apply_update(op, X, out, alpha, beta, prev=None, post=None, adjoint=None):
     if adjoint is not None:
         primal, gamma, base, c = adjoint
         op.adjoint_acc(out, primal, gamma, 0.0)
-        _axpy(base, primal, c)
+        axpy(base, primal, c)
 
 
 def _parts(penalty, start, stop, *arrays):
@@ -282,21 +282,12 @@ def _mask_parts(penalty, y, w, mask, scratch, bound_grad, sigma):
         if bound:
             np.sign(y_, out=scratch_)
             scratch_ *= w_
-            _axpy(scratch_, bound[0], 1.0 / sigma)
+            axpy(scratch_, bound[0], 1.0 / sigma)
             scratch_ *= mask_
-            _axpy(scratch_, bound[0], -1.0 / sigma)
+            axpy(scratch_, bound[0], -1.0 / sigma)
         w_ *= mask_
 
     return project
-
-
-def _axpy(x, y, a):
-    """``y += a * x`` in place (BLAS axpy: one pass, no temporary)."""
-    if x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
-        # ravel: a view of a contiguous array, and cheaper to call than reshape
-        blas("axpy", y.dtype)(x.ravel(), y.ravel(), a=a)
-    else:
-        y += a * x
 
 
 def _dot(x, y):

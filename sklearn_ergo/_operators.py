@@ -154,3 +154,19 @@ def _gemm(alpha, a, b, beta, c, trans_a=0, trans_b=0):
 def blas(name, dtype):
     """The BLAS routine ``name`` for ``dtype`` (float32 or float64), looked up once."""
     return get_blas_funcs(name, dtype=dtype)
+
+
+def axpy(x, y, a):
+    """``y += a * x`` in place: one pass, no temporary.
+
+    BLAS axpy for C-contiguous arrays of one dtype (SciPy's wrapper holds
+    the GIL, but for one pass over memory only); ``a == 1`` is NumPy's add,
+    which releases it.
+    """
+    if a == 1.0:
+        y += x
+    elif x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
+        # ravel: a view of a contiguous array, and cheaper to call than reshape
+        blas("axpy", y.dtype)(x.ravel(), y.ravel(), a=a)
+    else:
+        y += a * x

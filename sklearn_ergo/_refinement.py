@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from ._chambolle_pock import _axpy, apply_update
+from ._chambolle_pock import apply_update
+from ._operators import axpy
 
 PARAM_NAMES = ("refine_filters", "refine_phi", "refine_weight")
 #: Bytes of responses per block of the influence functions' evaluation.
@@ -195,7 +196,7 @@ class Refinement:
                 op, x, z, 1.0, 0.0, post=influence, adjoint=(y, -1.0, x, 1.0 - lam)
             )
             if lam:
-                _axpy(X, y, lam)
+                axpy(X, y, lam)
             x = y
         return x, inputs
 
