@@ -157,8 +157,7 @@ def _pool(n_threads):
         return _POOLS[n_threads]
 
 
-def thread_scratch():
-    """The calling thread's scratch dictionary (see :func:`run_threads`)."""
+def _scratch():
     if not hasattr(_LOCAL, "scratch"):
         _LOCAL.scratch = {}
     return _LOCAL.scratch
@@ -192,11 +191,11 @@ def run_threads(function, items, n_threads):
     """
     if n_threads <= 1 or len(items) <= 1:
         for item in items:
-            function(item, thread_scratch())
+            function(item, _scratch())
         return
 
     def work(group):
-        scratch = thread_scratch()
+        scratch = _scratch()
         for item in group:
             function(item, scratch)
 
