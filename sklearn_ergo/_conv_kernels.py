@@ -196,7 +196,8 @@ class ValidKernels:
         def tile_adjoint(tile, scratch):
             # Image by image, also in a tile of whole small images: with two
             # 64x64 crops per tile (float32), strided adds of the tile's
-            # (images, rows, Wg) blocks took 1.04-1.06x the time.
+            # (images, rows, Wg) blocks took 1.04-1.06x the time (a scratch
+            # timing, one thread).
             n0, n1, i0, i1 = tile
             start, per_image = self._span(tile)[0], (i1 - i0) * Wg
             for n in range(n0, n1):

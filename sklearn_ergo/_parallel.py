@@ -170,7 +170,8 @@ def scratch_buffer(scratch, size, dtype, name):
     new array.  Fresh temporaries of a few hundred KB can be page-faulted in
     at every call: a stage's weights and targets on a 518x518 grid of 48
     filters (float32, blocks of 65536 values) took 255 ms on one thread with
-    them, 176 ms without (the same on two threads, 94-100 ms).
+    them, 176 ms without (the same on two threads, 94-100 ms; one scratch
+    timing).
     """
     if scratch is None:
         return np.empty(size, dtype=dtype)

@@ -404,7 +404,7 @@ class ShapedLog(Log):
         flat = flat.reshape(-1, m)
         np.copyto(flat, np.multiply(u, 1.0 / h, out=x), casting="unsafe")
         # clip, not minimum: NumPy's minimum with a scalar took 1.7x as long
-        # (int32) and 3x (float32, AVX2); flat >= 0 as u >= 0.
+        # (int32) and 3x (float32, AVX2; a scratch timing); flat >= 0 as u >= 0.
         np.clip(flat, 0, n - 1, out=flat)
         np.copyto(x, flat)
         x *= -h

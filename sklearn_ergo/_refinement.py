@@ -160,7 +160,7 @@ class Refinement:
             i = knot.astype(np.int32)
             i += offsets
             # One gather of (rise, intercept) pairs: 3.3 against 3.75 ns per
-            # response for two gathers (float32, one thread).
+            # response for two gathers (float32, one thread, a scratch timing).
             pairs = table.take(i, axis=0, mode="clip")
             np.multiply(pairs[..., 0], t, out=value[b])
             value[b] += pairs[..., 1]
