@@ -52,6 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from sklearn_ergo import load_denoiser, save_denoiser
 from sklearn_ergo._convolutional import (
@@ -425,4 +426,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    # The windows' threads are the parallelism: BLAS threads on top of them
+    # oversubscribed the cores (a step took 10x as long beside other jobs).
+    with threadpool_limits(1, user_api="blas"):
+        main()
