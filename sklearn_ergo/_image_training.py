@@ -666,7 +666,7 @@ class _Run:
         )
         self.elapsed_before = state.elapsed - self.now()
         n_steps = self.config["n_steps"]
-        self.log(f"step 0/{n_steps}: initial model, validation PSNR {psnr0:.2f} dB")
+        self.log(f"step 0/{n_steps}: initial model, validation PSNR {psnr0:.3f} dB")
         if self.checkpoint is not None:
             save_checkpoint(self.checkpoint, state, self.flat, self.config)
         return state
@@ -742,7 +742,7 @@ class _Run:
         left = rate * (self.config["n_steps"] - state.step)
         self.log(
             f"step {state.step}/{self.config['n_steps']}: loss {row[1]:.6g}, "
-            f"validation PSNR {score:.2f} dB (best {state.best_psnr:.2f} at step "
+            f"validation PSNR {score:.3f} dB (best {state.best_psnr:.3f} at step "
             f"{state.best_step}), lr {row[3]:.3g}, elapsed {_hms(row[4])}, "
             f"left ~{_hms(left)}"
         )
