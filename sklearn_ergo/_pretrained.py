@@ -52,8 +52,9 @@ from importlib import resources
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils._param_validation import Interval, Options, validate_params
 
+from ._ensemble import TRANSFORMS
 from ._image_data import as_planes
 from ._model_io import load_denoiser
 from ._noise import estimate_sigma
@@ -104,10 +105,19 @@ def denoiser_for_level(level, fast=False):
         "channel_axis": [Integral, None],
         "data_range": [Interval(Real, 0, None, closed="neither"), None],
         "fast": ["boolean"],
+        "self_ensemble": [Options(Integral, set(TRANSFORMS))],
     },
     prefer_skip_nested_validation=True,
 )
-def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast=False):
+def denoise_image(
+    image,
+    sigma=None,
+    *,
+    channel_axis=None,
+    data_range=None,
+    fast=False,
+    self_ensemble=1,
+):
     """Denoise an image of any dtype and range with the shipped model.
 
     Parameters
@@ -140,8 +150,15 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         Use the fast model: two stages of 12 Chambolle-Pock iterations
         instead of three of 20, trained for that depth at 25, with the
         refinement steps of 5, 15 and 25.  On Set12 it takes about 0.4x the
-        time and gives 0.03-0.18 dB less PSNR at 15, 25 and 50
+        time and gives 0.06-0.16 dB less PSNR at 15, 25 and 50
         (``benchmarks/DENOISE_RESULTS.md``).
+
+    self_ensemble : {1, 2, 4, 8}, default=1
+        Denoise that many flipped and rotated copies of the image and average
+        them, mapped back: the time grows in proportion, the PSNR by about
+        0.04 / 0.06 / 0.07 dB with 2 / 4 / 8 copies on Set12 at 15, 25, 50
+        (``benchmarks/bench_self_ensemble.py``; see
+        :class:`ImageDenoiser`).
 
     Returns
     -------
@@ -189,7 +206,16 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         )
     if planes.kind == "stack":
         return np.stack(
-            [denoise_image(im, sigma, data_range=data_range, fast=fast) for im in image]
+            [
+                denoise_image(
+                    im,
+                    sigma,
+                    data_range=data_range,
+                    fast=fast,
+                    self_ensemble=self_ensemble,
+                )
+                for im in image
+            ]
         )
     if sigma is None:
         sigma = estimate_sigma(image, channel_axis=channel_axis)
@@ -202,5 +228,5 @@ def denoise_image(image, sigma=None, *, channel_axis=None, data_range=None, fast
         raise ValueError(
             f"sigma must be positive and at most the image range, got {sigma!r}."
         )
-    model = denoiser_for_level(level, fast=fast)
+    model = denoiser_for_level(level, fast=fast).set_params(self_ensemble=self_ensemble)
     return model.denoise(image, sigma=sigma, channel_axis=channel_axis)

@@ -58,6 +58,38 @@ def test_denoise_fast(noisy_png, tmp_path):
         np.testing.assert_array_equal(np.asarray(img), expected)
 
 
+@pytest.mark.parametrize("model", [False, True])
+def test_denoise_self_ensemble(noisy_png, tmp_path, model):
+    """``--self-ensemble N`` writes what the library gives with N copies."""
+    from sklearn_ergo import denoise_image, save_denoiser
+    from sklearn_ergo._pretrained import pretrained_denoiser
+
+    path, _ = noisy_png
+    out = tmp_path / "out.png"
+    argv = ["denoise", str(path), "-o", str(out), "--sigma", "25"]
+    if model:  # the shipped fast model of 25, given as a file
+        file = tmp_path / "sigma25_fast.npz"
+        save_denoiser(pretrained_denoiser(25, fast=True), file)
+        argv += ["--model", str(file)]
+    else:
+        argv += ["--fast"]
+    assert main([*argv, "--self-ensemble", "2"]) == 0
+    with Image.open(path) as img:
+        noisy = np.asarray(img)
+    expected = denoise_image(noisy, 25.0, fast=True, self_ensemble=2)
+    with Image.open(out) as img:
+        written = np.asarray(img)
+    np.testing.assert_array_equal(written, expected)
+    assert not np.array_equal(written, denoise_image(noisy, 25.0, fast=True))
+
+
+def test_bad_self_ensemble(noisy_png, tmp_path, capsys):
+    path, _ = noisy_png
+    argv = ["denoise", str(path), "-o", str(tmp_path / "o.png"), "--self-ensemble"]
+    assert main([*argv, "3"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_fast_and_model_exclude_each_other(noisy_png, tmp_path, capsys):
     path, _ = noisy_png
     argv = ["denoise", str(path), "-o", str(tmp_path / "o.png"), "--fast"]
