@@ -190,6 +190,12 @@ def denoise_image(
     >>> bool(np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2) / 4)
     True
 
+    The mean of the eight flips and rotations, for 8x the time:
+
+    >>> out8 = denoise_image(noisy, 25 / 255, self_ensemble=8)
+    >>> bool(np.mean((out8 - clean) ** 2) < np.mean((out - clean) ** 2))
+    True
+
     A 16-bit image, with the noise level in 16-bit units:
 
     >>> noisy16 = np.clip(np.round(noisy * 65535), 0, 65535).astype(np.uint16)
