@@ -31,6 +31,7 @@ N_REFINE = {
     (50, False): 4,
     (15, True): 4,
     (25, True): 4,
+    (50, True): 4,
 }
 
 
@@ -51,9 +52,8 @@ def test_shipped_models(level, fast):
     if not fast:
         assert den.blend_.shape == (S,)
     assert den.n_layers == (12 if fast else 20)
-    # Then reaction-diffusion steps, learned at the file's level (the fast
-    # model's at 25 too): four in the full model of 25, two in that of 50,
-    # one elsewhere.
+    # Then reaction-diffusion steps, learned at the file's level: four at 15,
+    # 25 and 50, one at 5.
     n_refine = N_REFINE.get((level, fast), 1)
     assert den.n_refine == n_refine
     assert den.refine_phi_.shape == (n_refine, 48, 63)
@@ -81,6 +81,13 @@ def test_steps_learned_per_level():
             pretrained_denoiser(level).refine_phi_,
         )
     assert no_shared_step(pretrained_denoiser(50), pretrained_denoiser(25))
+    # The fast 50 file: the fast 25 file's stages, its steps learned again.
+    fast25, fast50 = (
+        pretrained_denoiser(25, fast=True),
+        pretrained_denoiser(50, fast=True),
+    )
+    np.testing.assert_allclose(fast50.components_, fast25.components_, rtol=1e-10)
+    assert no_shared_step(fast50, fast25)
 
 
 def test_fast_model(noisy):
@@ -101,7 +108,7 @@ def test_fast_model(noisy):
     + [(20, 15, False), (21, 25, False)]
     + [(37.5, 25, False), (38, 50, False), (50, 50, False), (80, 50, False)]
     + [(10, 5, True), (11, 15, True), (20, 15, True), (21, 25, True)]
-    + [(80, 25, True)],
+    + [(37.5, 25, True), (38, 50, True), (80, 50, True)],
 )
 def test_nearest_level_serves(noisy, sigma, level, fast):
     """A level runs the model of the nearest shipped level (the lower at a tie)."""
@@ -125,5 +132,5 @@ def test_levels_are_different_models(noisy):
 def test_unknown_level():
     with pytest.raises(ValueError, match="level must be one of"):
         pretrained_denoiser(20)
-    with pytest.raises(ValueError, match=r"level must be one of \(5, 15, 25\)"):
-        pretrained_denoiser(50, fast=True)
+    with pytest.raises(ValueError, match=r"level must be one of \(5, 15, 25, 50\)"):
+        pretrained_denoiser(35, fast=True)
