@@ -44,10 +44,12 @@ stage instead of 20 and trained 1500 more steps so
 learned after its stages (``benchmarks/runs/sigma25-fast-refine-fixed/``),
 then with three more learned with it on its stages' cached outputs
 (``benchmarks/runs/sigma25-fast-4steps-cached/``);
-the fast models of 5 and 15 have its stages and the sigma = 5 and 15 models'
-steps (``benchmarks/graft_refinement.py``); the fast model of 50 has its
-stages and its four steps learned again at 50 on those stages' cached
-outputs (``benchmarks/runs/sigma50-fast-4steps-cached/``).
+the fast model of 5 has its stages and the sigma = 5 model's step
+(``benchmarks/graft_refinement.py``); the fast models of 15 and 50 have its
+stages and four steps learned again at their level on those stages' cached
+outputs, at 15 from the sigma = 15 model's steps grafted
+(``benchmarks/runs/sigma15-fast-4steps-cached/``), at 50 from its own
+(``benchmarks/runs/sigma50-fast-4steps-cached/``).
 """
 
 from importlib import resources
@@ -152,7 +154,7 @@ def denoise_image(
         Use the fast model: two stages of 12 Chambolle-Pock iterations
         instead of three of 20, trained for that depth at 25, with the
         refinement steps of 5, 15, 25 and 50.  On Set12 it takes about 0.4x the
-        time and gives 0.06-0.07 dB less PSNR at 15, 25 and 50
+        time and gives 0.03-0.07 dB less PSNR at 15, 25 and 50
         (``benchmarks/DENOISE_RESULTS.md``).
 
     self_ensemble : {1, 2, 4, 8}, default=1
