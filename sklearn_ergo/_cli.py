@@ -147,7 +147,7 @@ def _add_denoise(sub):
         "--fast",
         action="store_true",
         help="the shipped fast model: two stages of 12 iterations instead of "
-        "three of 20, less than half the time for 0.03-0.07 dB less PSNR on "
+        "three of 20, less than half the time for 0.01-0.07 dB less PSNR on "
         "BSD68 and Set12",
     )
     den.add_argument(
