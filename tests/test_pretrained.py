@@ -73,13 +73,11 @@ def test_steps_learned_per_level():
             # Equal up to the round trip through the training's parameter vector.
             np.testing.assert_allclose(den.components_, ref.components_, rtol=1e-10)
             assert no_shared_step(den, ref)
-    # The fast 5 file has the full model's step, learned after its stages;
-    # the fast 15 file's steps were learned again after the fast stages.
-    np.testing.assert_array_equal(
-        pretrained_denoiser(5, fast=True).refine_phi_,
-        pretrained_denoiser(5).refine_phi_,
-    )
-    assert no_shared_step(pretrained_denoiser(15, fast=True), pretrained_denoiser(15))
+    # The fast 5 and 15 files' steps were learned again after the fast stages.
+    for level in (5, 15):
+        assert no_shared_step(
+            pretrained_denoiser(level, fast=True), pretrained_denoiser(level)
+        )
     assert no_shared_step(pretrained_denoiser(50), pretrained_denoiser(25))
     # The fast 50 file: the fast 25 file's stages, its steps learned again.
     fast25, fast50 = (
