@@ -30,8 +30,9 @@ step learned again at their level, on images rescaled by 25/15 and 25/5 as
 sigma = 15 model then three more steps, as at 25 (a second alone, then
 with the first, then two more with those two:
 ``benchmarks/runs/sigma15-step2-cached/``, ``sigma15-step2-joint-cached/``,
-``sigma15-4steps-cached/``). The
-sigma = 50 model is the model before the step fine-tuned 1000 steps at sigma = 50
+``sigma15-4steps-cached/``), the sigma = 5 model three more learned with
+its first on its stages' cached outputs (``benchmarks/runs/sigma5-4steps-cached/``).
+The sigma = 50 model is the model before the step fine-tuned 1000 steps at sigma = 50
 on images rescaled by 25/50 (``benchmarks/runs/sigma50-48x7-blended/``),
 then with its step learned at 50, its stages fixed
 (``benchmarks/runs/sigma50-48x7-refine-fixed/``), then with a second step

@@ -26,6 +26,7 @@ SHIPPED = [(level, False) for level in PRETRAINED_LEVELS] + [
 
 #: Refinement steps per shipped file, (level, fast) -> steps; 1 if absent.
 N_REFINE = {
+    (5, False): 4,
     (15, False): 4,
     (25, False): 4,
     (50, False): 4,
