@@ -206,8 +206,8 @@ class ValidKernels:
             # images (zero rows of Y for the p - 1 last rows and columns of
             # each), so each shifted add runs along all the tile's images at
             # once, the images being consecutive in the canvas: p^2 adds per
-            # tile instead of p^2 per image, for H / (H - p + 1) times the
-            # product's work.  The adjoint of 32 crops of 40x40 (48 filters 7x7, the
+            # tile instead of p^2 per image, for up to (p - 1) / H more GEMM
+            # rows.  The adjoint of 32 crops of 40x40 (48 filters 7x7, the
             # training batch) and of 64 crops of 64x64 (16 filters 5x5) in
             # float32 took 0.73-0.90x the time of image by image, one and two
             # threads (interleaved medians, one scratch run).
