@@ -7,11 +7,8 @@ this / REV.  Taking turns spreads the noise of a busy machine over both.
 
 Workloads: one ``unrolled_loss_grad`` evaluation (the ``--quick``
 configurations of ``bench_gradient.py``: N = 1024, L = 50, 64 x 64, both
-dtypes and unroll modes, one BLAS thread), the convolution's adjoint on a
-batch of crops (32 of 40x40 with 48 filters 7x7, the training batch; 64 of
-64x64 with 16 filters 5x5; one and two threads, best of 20) and
-``denoise_image`` on the 512 x 512 image of ``bench_denoise.py`` (sigma =
-25/255).
+dtypes and unroll modes, one BLAS thread) and ``denoise_image`` on the
+512 x 512 image of ``bench_denoise.py`` (sigma = 25/255).
 
     python benchmarks/compare_commits.py 74a8ed7 [--rounds 5]
 """
@@ -51,14 +48,6 @@ with threadpool_limits(1):
             out[f"gradient {dtype} {unroll}"] = best(
                 lambda: unrolled_loss_grad(K, X, Y, n_layers=50, unroll=unroll), 3
             )
-from sklearn_ergo._convolutional import ConvolutionalOperator
-for n, crop, m, p, dtype in ((32, 40, 48, 7, "float32"), (64, 64, 16, 5, "float32")):
-    K = rng.standard_normal((m, p * p)).astype(dtype)
-    for threads in (1, 2):
-        op = ConvolutionalOperator(K, (crop, crop), p, n_threads=threads)
-        Y = rng.standard_normal((n, op.n_dual)).astype(dtype)
-        key = f"adjoint {dtype} {n} crops {crop}^2 {m}x{p}^2, {threads} thread(s)"
-        out[key] = best(lambda: op.adjoint(Y), 20)
 from skimage import data
 from skimage.color import rgb2gray
 clean = rgb2gray(data.immunohistochemistry())
@@ -115,13 +104,13 @@ def main(argv=None):
             )
     print(
         f"median of {args.rounds} alternating rounds (best of 3 per round for the "
-        "gradient, of 20 for the adjoint, one run for denoise_image), seconds\n"
+        "gradient, one run for denoise_image), seconds\n"
     )
     print(f"| workload | this | {args.rev} | this / {args.rev} |\n|---|---|---|---|")
     for key in times["this"][0]:
         a = np.median([t[key] for t in times["this"]])
         b = np.median([t[key] for t in times[args.rev]])
-        print(f"| {key} | {a:.4g} | {b:.4g} | {a / b:.3f} |")
+        print(f"| {key} | {a:.3f} | {b:.3f} | {a / b:.3f} |")
     return 0
 
 

@@ -194,44 +194,15 @@ class ValidKernels:
         KT = (alpha * self.K).T
 
         def tile_adjoint(tile, scratch):
+            # Image by image, also in a tile of whole small images: with two
+            # 64x64 crops per tile (float32), strided adds of the tile's
+            # (images, rows, Wg) blocks took 1.04-1.06x the time (a scratch
+            # timing, one thread).
             n0, n1, i0, i1 = tile
-            start, stop = self._span(tile)
-            if n1 - n0 > 1:
-                whole_adjoint(n0, n1, Y[start:stop], scratch)
-            else:
-                wide_adjoint(n0, i0, i1, Y[start:stop], scratch)
-
-        def whole_adjoint(n0, n1, Y_t, scratch):
-            # A tile of whole small images: T gets a row per pixel of the
-            # images (zero rows of Y for the p - 1 last rows and columns of
-            # each), so each shifted add runs along all the tile's images at
-            # once, the images being consecutive in the canvas: p^2 adds per
-            # tile instead of p^2 per image, for up to (p - 1) / H more GEMM
-            # rows.  The adjoint of 32 crops of 40x40 (48 filters 7x7, the
-            # training batch) and of 64 crops of 64x64 (16 filters 5x5) in
-            # float32 took 0.73-0.90x the time of image by image, one and two
-            # threads (interleaved medians, one scratch run).
-            H, W = canvas.shape[1:]
-            k, m = n1 - n0, Y_t.shape[1]
-            n_w = k * H * W
-            Y_w = scratch_buffer(scratch, n_w * m, Y_t.dtype, "wide").reshape(
-                k, H, W, m
-            )
-            Hg = H - p + 1
-            Y_w[:, :Hg, :Wg] = Y_t.reshape(k, Hg, Wg, m)
-            Y_w[:, :Hg, Wg:] = 0.0
-            Y_w[:, Hg:] = 0.0
-            T = scratch_buffer(scratch, p * p * n_w, Y_t.dtype, "cols").reshape(
-                p * p, n_w
-            )
-            np.dot(KT, Y_w.reshape(n_w, m).T, out=T)
-            flat = canvas[n0:n1].reshape(-1)
-            # The last (p - 1) W + p - 1 pixels of T are zero rows and columns.
-            n_add = n_w - (p - 1) * (W + 1)
-            for u in range(p):
-                for v in range(p):
-                    at = u * W + v
-                    flat[at : at + n_add] += T[u * p + v, :n_add]
+            start, per_image = self._span(tile)[0], (i1 - i0) * Wg
+            for n in range(n0, n1):
+                wide_adjoint(n, i0, i1, Y[start : start + per_image], scratch)
+                start += per_image
 
         def wide_adjoint(n, i0, i1, Y_t, scratch):
             # Within one image, T gets a row per position of rows i0:i1 of
