@@ -47,7 +47,8 @@ then with three more learned with it on its stages' cached outputs
 (``benchmarks/runs/sigma25-fast-4steps-cached/``);
 the fast models of 5, 15 and 50 have its stages and steps learned again at
 their level on those stages' cached outputs, at 5 and 15 from the (then
-one-step) sigma = 5 and the sigma = 15 models' steps grafted (``benchmarks/graft_refinement.py``;
+one-step) sigma = 5 and the sigma = 15 models' steps grafted
+(``benchmarks/graft_refinement.py``;
 ``benchmarks/runs/sigma5-fast-step-cached/``,
 ``benchmarks/runs/sigma15-fast-4steps-cached/``), at 50 from its own four
 (``benchmarks/runs/sigma50-fast-4steps-cached/``).
