@@ -55,7 +55,7 @@ def pilot_nlm(pilot, noisy, h, search=10, patch=5):
             d = d_buf[: Hp - dy, : Wp - abs(dx)]
             np.subtract(u[a], u[b], out=d)
             np.square(d, out=d)
-            # Exact on the image: the padding is wider than search + patch/2.
+            # Exact on the image: the padding covers search + patch // 2.
             uniform_filter1d(d, patch, axis=0, output=d, mode="nearest")
             uniform_filter1d(d, patch, axis=1, output=d, mode="nearest")
             d *= np.float32(-1.0 / h**2)
@@ -109,7 +109,7 @@ def main(argv=None):
         scored = estimates(
             test, benchmark_noise(test, sigma, 0), level, args.etas, args.wiener
         )
-        base = blended_psnr(scored, args.etas[0], 0.0)
+        base = np.mean([psnr(np.clip(u, 0, 1), c) for c, u, _ in scored])
         print(f"sigma {level}: {args.set} shipped {base:.3f} dB", flush=True)
         for key in scored[0][2]:
             line = f"  eta {key}:" if key != "wiener" else "  BM3D Wiener:"

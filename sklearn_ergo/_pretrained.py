@@ -67,7 +67,7 @@ from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
 #: shipped models: one set of stages trained at 25 (at 50 fine-tuned there),
-#: each with a refinement step learned at its level.  A step learned at 25
+#: each with refinement steps learned at its level.  A step learned at 25
 #: cost 0.67 dB on Set12 at 5, where the step learned at 5 gains 0.19 dB
 #: (benchmarks/DENOISE_RESULTS.md, "Refinement steps per noise level").
 PRETRAINED_LEVELS = (5, 15, 25, 50)

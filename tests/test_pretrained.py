@@ -53,8 +53,8 @@ def test_shipped_models(level, fast):
     if not fast:
         assert den.blend_.shape == (S,)
     assert den.n_layers == (12 if fast else 20)
-    # Then reaction-diffusion steps, learned at the file's level: four at 15,
-    # 25 and 50, one at 5.
+    # Then reaction-diffusion steps, learned at the file's level: four, but
+    # one in the fast file of 5.
     n_refine = N_REFINE.get((level, fast), 1)
     assert den.n_refine == n_refine
     assert den.refine_phi_.shape == (n_refine, 48, 63)
