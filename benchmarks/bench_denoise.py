@@ -2,7 +2,8 @@
 
 scikit-image's ``immunohistochemistry`` (gray, 512x512, held out from
 training) with Gaussian noise 25/255 (fixed seed): the shipped convolutional
-operator (:func:`sklearn_ergo.denoise_image`, and with ``fast=True``) next to
+operator (:func:`sklearn_ergo.denoise_image`, and with ``fast=True``, each
+also without its non-local blend) next to
 ``denoise_tv_chambolle`` (weight tuned on the training images by
 ``benchmarks/denoise_table.py``), BM3D when installed and, with ``--model``,
 other model files in the same run.  Best of ``--repeat`` runs.
@@ -42,6 +43,10 @@ def main(argv=None):
         "TV": lambda y, s: denoise_tv_chambolle(y, weight=TV_WEIGHT),
         "ours conv": denoise_image,
         "ours conv, fast": lambda y, s: denoise_image(y, s, fast=True),
+        "ours conv, no blend": lambda y, s: denoise_image(y, s, nonlocal_blend=False),
+        "ours conv, fast, no blend": lambda y, s: denoise_image(
+            y, s, fast=True, nonlocal_blend=False
+        ),
     }
     for path in args.model:
         methods[f"ours conv, `{path}`"] = load_denoiser(path).denoise

@@ -2,10 +2,12 @@
 
 A model file is a plain ``.npz`` (read with ``allow_pickle=False``) holding
 the filters, the settings of the unrolled map, the learned parameters of a
-reweighted penalty (``eps`` of ``"log"``) and of refinement steps
-(``refine_*``), and a format marker.
+reweighted penalty (``eps`` of ``"log"``), of refinement steps
+(``refine_*``) and of a non-local blend (``nonlocal_*``), and a format
+marker.
 """
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -15,6 +17,7 @@ import numpy as np
 from sklearn.utils._param_validation import validate_params
 
 from ._image_denoiser import ImageDenoiser
+from ._nonlocal import NonLocalBlend
 from ._penalties import PENALTIES
 from ._refinement import Refinement
 
@@ -24,7 +27,17 @@ FORMAT = "sklearn-ergo-convolutional-denoiser-2"
 # per-stage parameters) is read as well: the same fields without
 # ``per_stage``.
 REFINED_FORMAT = "sklearn-ergo-convolutional-denoiser-3"
-_READABLE = (FORMAT, REFINED_FORMAT, "sklearn-ergo-convolutional-denoiser-1")
+# A model with a non-local blend, likewise refused by readers of format 3.
+NONLOCAL_FORMAT = "sklearn-ergo-convolutional-denoiser-4"
+_READABLE = (
+    FORMAT,
+    REFINED_FORMAT,
+    NONLOCAL_FORMAT,
+    "sklearn-ergo-convolutional-denoiser-1",
+)
+_NONLOCAL_FIELDS = tuple(
+    f"nonlocal_{f.name}" for f in dataclasses.fields(NonLocalBlend)
+)
 
 _SETTINGS = ("n_layers", "unroll", "penalty", "huber_eps")
 _REWEIGHTED_SETTINGS = ("n_stages", "per_stage")
@@ -101,6 +114,12 @@ def _fields(denoiser):
         )
         fields.update(params)
     fields.update(refine)
+    if hasattr(denoiser, "nonlocal_"):
+        fields["format"] = np.array(NONLOCAL_FORMAT)
+        fields.update(
+            (f"nonlocal_{key}", np.asarray(value))
+            for key, value in dataclasses.asdict(denoiser.nonlocal_).items()
+        )
     return fields
 
 
@@ -140,7 +159,13 @@ def load_denoiser(path):
     penalty = PENALTIES.get(str(fields.get("penalty")))
     if penalty is not None and penalty.reweighted:
         required.update(("n_stages", *penalty.param_names))
-    refined = str(fields["format"]) == REFINED_FORMAT
+    with_nonlocal = str(fields["format"]) == NONLOCAL_FORMAT
+    if with_nonlocal:
+        required.update(_NONLOCAL_FIELDS)
+    # Format 4 holds refinement steps where the model has them.
+    refined = str(fields["format"]) == REFINED_FORMAT or (
+        with_nonlocal and "refine_weight" in fields
+    )
     if refined:
         required.update(Refinement.param_names)
     missing = required - fields.keys()
@@ -201,7 +226,34 @@ def load_denoiser(path):
     den.components_, den.noise_std_ = K, noise_std
     for name, value in params.items():
         setattr(den, f"{name}_", value)
+    if with_nonlocal:
+        den.nonlocal_ = _read_blend(fields, path)
+        den.set_params(nonlocal_blend=True)
     return den
+
+
+def _read_blend(fields, path):
+    """The :class:`NonLocalBlend` of a model file, checked."""
+    values = {key[len("nonlocal_") :]: fields[key] for key in _NONLOCAL_FIELDS}
+    try:
+        blend = NonLocalBlend(
+            eta=float(values["eta"]),
+            search=int(values["search"]),
+            patch=int(values["patch"]),
+            weight_edges=np.asarray(values["weight_edges"], np.float64),
+            energy_edges=np.asarray(values["energy_edges"], np.float64),
+            coef=np.asarray(values["coef"], np.float64),
+        )
+        shape = (len(blend.weight_edges) + 1, len(blend.energy_edges) + 1, 2)
+        if blend.coef.shape != shape or blend.weight_edges.ndim != 1:
+            raise ValueError(f"coef of shape {blend.coef.shape}, not {shape}")
+        if not (blend.eta > 0 and blend.search >= 1 and blend.patch % 2 == 1):
+            raise ValueError("eta, search or patch out of range")
+        if not all(np.all(np.isfinite(v)) for v in values.values()):
+            raise ValueError("non-finite values")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path!s} holds an invalid non-local blend: {exc}") from None
+    return blend
 
 
 def _read_fields(path):

@@ -112,6 +112,7 @@ def denoiser_for_level(level, fast=False):
         "data_range": [Interval(Real, 0, None, closed="neither"), None],
         "fast": ["boolean"],
         "self_ensemble": [Options(Integral, set(TRANSFORMS))],
+        "nonlocal_blend": ["boolean"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -123,6 +124,7 @@ def denoise_image(
     data_range=None,
     fast=False,
     self_ensemble=1,
+    nonlocal_blend=True,
 ):
     """Denoise an image of any dtype and range with the shipped model.
 
@@ -165,6 +167,10 @@ def denoise_image(
         0.04 / 0.06 / 0.07 dB with 2 / 4 / 8 copies on Set12 at 15, 25, 50
         (``benchmarks/bench_self_ensemble.py``; see
         :class:`ImageDenoiser`).
+    nonlocal_blend : bool, default=True
+        Apply the shipped model's non-local blend, where it has one (see
+        ``nonlocal_blend`` of :class:`ImageDenoiser`); ``False``: the model
+        alone.
 
     Returns
     -------
@@ -226,6 +232,7 @@ def denoise_image(
                     data_range=data_range,
                     fast=fast,
                     self_ensemble=self_ensemble,
+                    nonlocal_blend=nonlocal_blend,
                 )
                 for im in image
             ]
@@ -241,5 +248,9 @@ def denoise_image(
         raise ValueError(
             f"sigma must be positive and at most the image range, got {sigma!r}."
         )
-    model = denoiser_for_level(level, fast=fast).set_params(self_ensemble=self_ensemble)
+    model = denoiser_for_level(level, fast=fast)
+    model.set_params(
+        self_ensemble=self_ensemble,
+        nonlocal_blend=nonlocal_blend and model.nonlocal_blend,
+    )
     return model.denoise(image, sigma=sigma, channel_axis=channel_axis)

@@ -83,6 +83,29 @@ def test_denoise_self_ensemble(noisy_png, tmp_path, model):
     assert not np.array_equal(written, denoise_image(noisy, 25.0, fast=True))
 
 
+@pytest.mark.parametrize("model", [False, True])
+def test_denoise_no_nonlocal(noisy_png, tmp_path, model):
+    """``--no-nonlocal`` writes what the library gives without the blend."""
+    from sklearn_ergo import denoise_image, save_denoiser
+    from sklearn_ergo._pretrained import pretrained_denoiser
+
+    path, _ = noisy_png
+    out = tmp_path / "out.png"
+    argv = ["denoise", str(path), "-o", str(out), "--sigma", "25", "--no-nonlocal"]
+    if model:
+        file = tmp_path / "sigma25.npz"
+        save_denoiser(pretrained_denoiser(25), file)
+        argv += ["--model", str(file)]
+    assert main(argv) == 0
+    with Image.open(path) as img:
+        noisy = np.asarray(img)
+    with Image.open(out) as img:
+        written = np.asarray(img)
+    np.testing.assert_array_equal(
+        written, denoise_image(noisy, 25.0, nonlocal_blend=False)
+    )
+
+
 def test_bad_self_ensemble(noisy_png, tmp_path, capsys):
     path, _ = noisy_png
     argv = ["denoise", str(path), "-o", str(tmp_path / "o.png"), "--self-ensemble"]

@@ -1,0 +1,246 @@
+"""A non-local blend after the model: what repeats elsewhere in the image.
+
+The model's filters see 7x7 neighbourhoods; where an image repeats itself
+(texture, flat regions), the copies of a patch elsewhere hold what it cannot
+use.  The model's output ``u`` is the *pilot* of a pixelwise non-local means
+(Buades et al.): for every pixel ``i`` and every ``j`` within ``search``
+pixels, the weight ``w_ij = exp(-d_ij / (eta sigma)^2)``, ``d_ij`` the mean
+squared difference of the pilot's ``patch x patch`` patches around ``i`` and
+``j`` (``w_ii = 1``), averages the noisy image into ``y`` and the pilot into
+``v``.  The output is
+
+    u + a (y - u) + b (v - u)
+
+with ``a``, ``b`` constant per bin of two features of each pixel: the log
+of its total weight ``W_i = sum_j w_ij`` (how many copies it has) and the
+log of the local energy of ``v - u`` (3x3 mean of its square, over
+``sigma^2``).  The table is fitted by least squares on training images
+(:func:`fit_nonlocal_blend`): a blend of zeros is the model itself.
+``docs/math.md``, section 13.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import uniform_filter, uniform_filter1d
+
+from ._parallel import run_threads
+
+#: The energy feature's floor, relative to sigma^2: flat pilots have
+#: ``v = u`` up to rounding.
+_ENERGY_FLOOR = 1e-6
+
+
+def nonlocal_means(pilot, noisy, h, *, search=20, patch=5, n_threads=1):
+    """Non-local means of ``noisy`` and of ``pilot``, weighted by ``pilot``.
+
+    Parameters
+    ----------
+    pilot, noisy : ndarray of shape (H, W)
+    h : float
+        Weights ``exp(-d / h^2)``, ``d`` the mean squared difference of the
+        pilot's patches.
+    search : int
+        Pixels ``j`` within ``search`` rows and columns of ``i``.
+    patch : int
+        Odd patch width.
+    n_threads : int
+        Threads, each on a band of rows (NumPy's loops release the GIL).
+
+    Returns
+    -------
+    y, v, w : ndarray of shape (H, W), float32
+        The means of ``noisy`` and ``pilot`` and the total weights.
+    """
+    if patch % 2 != 1:
+        raise ValueError(f"patch must be odd, got {patch}.")
+    H, W = pilot.shape
+    m = search + patch // 2  # every pair and patch of the image lies inside
+    u = np.pad(np.asarray(pilot, np.float32), m, mode="symmetric")
+    x = np.pad(np.asarray(noisy, np.float32), m, mode="symmetric")
+    out = np.empty((3, H, W), np.float32)
+    n_bands = max(1, min(n_threads, H // max(search, 1)))
+    edges = np.linspace(0, H, n_bands + 1).astype(int)
+    bands = list(zip(edges[:-1], edges[1:], strict=True))
+
+    def band(rows, scratch):
+        a, b = rows
+        # Rows a..b of the image and m rows of halo each side: every pair
+        # (i, i + o) with i or i + o in the band lies within.
+        sums = _band_sums(u[a : b + 2 * m], x[a : b + 2 * m], h, search, patch)
+        out[:, a:b] = sums[:, m : m + b - a, m : m + W]
+
+    run_threads(band, bands, n_threads)
+    y, v, w = out
+    y /= w
+    v /= w
+    return y, v, w
+
+
+def _band_sums(u, x, h, search, patch):
+    """Weighted sums of ``x`` and ``u`` and the weights, over the whole band.
+
+    Each pair ``(i, i + o)`` shares one weight, so half the offsets are
+    computed and each is added at both ends.  Values within ``search +
+    patch // 2`` of the band's edges are incomplete.
+    """
+    Hp, Wp = u.shape
+    sums = np.empty((3, Hp, Wp), np.float32)
+    sx, su, sw = sums
+    sx[...], su[...], sw[...] = x, u, 1.0  # the pixel itself, weight 1
+    d_buf, t_buf = np.empty_like(u), np.empty_like(u)
+    scale = np.float32(-1.0 / h**2)
+    for dy in range(search + 1):
+        for dx in range(-search, search + 1):
+            if dy == 0 and dx <= 0:
+                continue
+            p = slice(0, Hp - dy), slice(max(0, -dx), Wp - max(0, dx))
+            q = slice(dy, Hp), slice(max(0, dx), Wp - max(0, -dx))
+            d = d_buf[: Hp - dy, : Wp - abs(dx)]
+            t = t_buf[: Hp - dy, : Wp - abs(dx)]
+            np.subtract(u[p], u[q], out=d)
+            np.square(d, out=d)
+            # Exact away from the band's edges, which are discarded.
+            uniform_filter1d(d, patch, axis=0, output=d, mode="nearest")
+            uniform_filter1d(d, patch, axis=1, output=d, mode="nearest")
+            d *= scale
+            np.exp(d, out=d)
+            for s, z in ((sx, x), (su, u)):
+                np.multiply(d, z[q], out=t)
+                s[p] += t
+                np.multiply(d, z[p], out=t)
+                s[q] += t
+            sw[p] += d
+            sw[q] += d
+    return sums
+
+
+@dataclass(frozen=True)
+class NonLocalBlend:
+    """A fitted non-local blend (see the module docstring).
+
+    Parameters
+    ----------
+    eta : float
+        The weights' width ``h = eta sigma``.
+    search, patch : int
+        Of :func:`nonlocal_means`.
+    weight_edges : ndarray of shape (n_weight_bins - 1,)
+        Inner edges of the bins of ``log W``.
+    energy_edges : ndarray of shape (n_energy_bins - 1,)
+        Inner edges of the bins of the log energy of ``v - u``.
+    coef : ndarray of shape (n_weight_bins, n_energy_bins, 2)
+        ``(a, b)`` per bin.
+    """
+
+    eta: float
+    search: int
+    patch: int
+    weight_edges: np.ndarray
+    energy_edges: np.ndarray
+    coef: np.ndarray
+
+    def features(self, pilot, noisy, sigma, n_threads=1):
+        """``(y - u, v - u)`` as columns, and each pixel's flat bin."""
+        y, v, w = nonlocal_means(
+            pilot,
+            noisy,
+            self.eta * sigma,
+            search=self.search,
+            patch=self.patch,
+            n_threads=n_threads,
+        )
+        u = np.asarray(pilot, np.float32)
+        dy, dv = y - u, v - u
+        bins = _bins(self.weight_edges, self.energy_edges, w, dv, sigma)
+        return np.stack([dy.ravel(), dv.ravel()], axis=1), bins
+
+    def apply(self, pilot, noisy, sigma, n_threads=1):
+        """The blend of ``pilot`` (the model's output of ``noisy``), float32."""
+        F, bins = self.features(pilot, noisy, sigma, n_threads)
+        coef = self.coef.reshape(-1, 2).astype(np.float32)[bins]
+        step = np.einsum("ij,ij->i", F, coef).reshape(np.shape(pilot))
+        return np.asarray(pilot, np.float32) + step
+
+
+def _energy(dv, sigma):
+    return np.log(uniform_filter(dv * dv, 3) / np.float32(sigma**2) + _ENERGY_FLOOR)
+
+
+def _bins(weight_edges, energy_edges, w, dv, sigma):
+    i = np.searchsorted(weight_edges, np.log(w).ravel())
+    j = np.searchsorted(energy_edges, _energy(dv, sigma).ravel())
+    return i * (len(energy_edges) + 1) + j
+
+
+def fit_nonlocal_blend(
+    pilots,
+    noisy,
+    clean,
+    sigma,
+    *,
+    eta=0.5,
+    search=20,
+    patch=5,
+    n_weight_bins=16,
+    n_energy_bins=8,
+    n_threads=1,
+):
+    """Fit a :class:`NonLocalBlend` by least squares on images.
+
+    Parameters
+    ----------
+    pilots, noisy, clean : sequences of ndarray of shape (H, W)
+        The model's outputs, its inputs (noise of std ``sigma``) and the
+        clean images.
+    sigma : float
+    eta, search, patch : of :class:`NonLocalBlend`.
+    n_weight_bins, n_energy_bins : int
+        Bins at quantiles of the features over the images.
+    n_threads : int
+
+    Returns
+    -------
+    NonLocalBlend
+    """
+    images = list(zip(pilots, noisy, clean, strict=True))
+    if not images:
+        raise ValueError("fit_nonlocal_blend needs at least one image.")
+    features = []
+    for u, x, _ in images:
+        y, v, w = nonlocal_means(
+            u, x, eta * sigma, search=search, patch=patch, n_threads=n_threads
+        )
+        u = np.asarray(u, np.float32)
+        features.append((y - u, v - u, w))
+    quantiles = [np.linspace(0, 1, n + 1)[1:-1] for n in (n_weight_bins, n_energy_bins)]
+    weight_edges = np.quantile(
+        np.concatenate([np.log(w).ravel() for *_, w in features]), quantiles[0]
+    )
+    energy_edges = np.quantile(
+        np.concatenate([_energy(dv, sigma).ravel() for _, dv, _ in features]),
+        quantiles[1],
+    )
+    n_bins = n_weight_bins * n_energy_bins
+    A, B = np.zeros((n_bins, 2, 2)), np.zeros((n_bins, 2))
+    for (u, _, c), (dy, dv, w) in zip(images, features, strict=True):
+        F = np.stack([dy.ravel(), dv.ravel()], axis=1).astype(np.float64)
+        r = (np.asarray(c, np.float64) - np.asarray(u, np.float32)).ravel()
+        bins = _bins(weight_edges, energy_edges, w, dv, sigma)
+        for k, l in ((0, 0), (0, 1), (1, 1)):
+            A[:, k, l] += np.bincount(bins, F[:, k] * F[:, l], minlength=n_bins)
+        for k in (0, 1):
+            B[:, k] += np.bincount(bins, F[:, k] * r, minlength=n_bins)
+    A[:, 1, 0] = A[:, 0, 1]
+    # A bin without pixels (or with y = v) gets a = b = 0: the model itself.
+    ridge = 1e-9 * np.trace(A, axis1=1, axis2=2)[:, None, None] + math.ulp(1.0)
+    coef = np.linalg.solve(A + ridge * np.eye(2), B[..., None])[..., 0]
+    return NonLocalBlend(
+        eta=float(eta),
+        search=int(search),
+        patch=int(patch),
+        weight_edges=weight_edges,
+        energy_edges=energy_edges,
+        coef=coef.reshape(n_weight_bins, n_energy_bins, 2),
+    )
