@@ -188,8 +188,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         anti-transpose, then the other four flips and rotations; the outputs,
         mapped back, are averaged.  The time grows in proportion; on Set12
         the shipped models gained about 0.04 / 0.06 / 0.07 dB with 2 / 4 / 8
-        copies at 15, 25 and 50 (``benchmarks/bench_self_ensemble.py``).  Not
-        used in training.
+        copies at 15, 25 and 50 without their non-local blend, which comes
+        after the average (``benchmarks/bench_self_ensemble.py``).  Not used
+        in training.
     nonlocal_blend : bool, default=False
         After the model, blend in a non-local means of the image weighted by
         the model's output (pixels within 20 of each other whose 5x5
@@ -198,9 +199,9 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         least squares: ``fit`` fits them on the training images (one noise
         draw, after the model), ``denoise`` applies them.  It recovers some
         of what repeats elsewhere in an image, which the model's filters
-        cannot see: on Set12 the shipped models gained about 0.1 dB at 25
-        and 50 (``docs/math.md``, ``benchmarks/fit_nonlocal.py``), for about
-        1.4 s per 512 x 512 image on two cores.
+        cannot see: on Set12 the shipped models gained 0.05-0.16 dB at every
+        level from 5 to 75 (``benchmarks/DENOISE_RESULTS.md``; the math:
+        ``docs/math.md``, section 13).
     n_jobs : int, default=None
         joblib workers over crops (fit) and images (transform); ``None``:
         every core, in threads, unless a ``joblib.parallel_config`` says

@@ -52,6 +52,10 @@ one-step) sigma = 5 and the sigma = 15 models' steps grafted
 ``benchmarks/runs/sigma5-fast-step-cached/``,
 ``benchmarks/runs/sigma15-fast-4steps-cached/``), at 50 from its own four
 (``benchmarks/runs/sigma50-fast-4steps-cached/``).
+Every file then got a non-local blend after its steps, fitted by least
+squares on 100 Train400 images at its level, its width chosen on Set12
+(``benchmarks/fit_nonlocal.py``; logs in
+``benchmarks/results/fit_nonlocal/``).
 """
 
 from importlib import resources
@@ -67,7 +71,8 @@ from ._noise import estimate_sigma
 
 #: Noise levels (in 8-bit units, i.e. sigma * 255 for float images) of the
 #: shipped models: one set of stages trained at 25 (at 50 fine-tuned there),
-#: each with refinement steps learned at its level.  A step learned at 25
+#: each with refinement steps learned and a non-local blend fitted at its
+#: level.  A step learned at 25
 #: cost 0.67 dB on Set12 at 5, where the step learned at 5 gains 0.19 dB
 #: (benchmarks/DENOISE_RESULTS.md, "Refinement steps per noise level").
 PRETRAINED_LEVELS = (5, 15, 25, 50)
@@ -157,20 +162,23 @@ def denoise_image(
     fast : bool, default=False
         Use the fast model: two stages of 12 Chambolle-Pock iterations
         instead of three of 20, trained for that depth at 25, with the
-        refinement steps of 5, 15, 25 and 50.  On Set12 it takes about 0.4x the
-        time and gives 0.03-0.07 dB less PSNR at 15, 25 and 50
+        refinement steps and non-local blends of 5, 15, 25 and 50.  On a
+        512 x 512 image it takes about 0.7x the time (0.27x without the
+        blend), and on Set12 it gives 0.02-0.05 dB less PSNR at 15, 25 and 50
         (``benchmarks/DENOISE_RESULTS.md``).
 
     self_ensemble : {1, 2, 4, 8}, default=1
         Denoise that many flipped and rotated copies of the image and average
-        them, mapped back: the time grows in proportion, the PSNR by about
-        0.04 / 0.06 / 0.07 dB with 2 / 4 / 8 copies on Set12 at 15, 25, 50
-        (``benchmarks/bench_self_ensemble.py``; see
-        :class:`ImageDenoiser`).
+        them, mapped back, before the non-local blend: the model's time grows
+        in proportion, the PSNR by about 0.04 / 0.06 / 0.07 dB with 2 / 4 / 8
+        copies on Set12 at 15, 25, 50 without the blend
+        (``benchmarks/bench_self_ensemble.py``; see :class:`ImageDenoiser`),
+        by 0.05 dB with 8 copies and the blend.
     nonlocal_blend : bool, default=True
-        Apply the shipped model's non-local blend, where it has one (see
-        ``nonlocal_blend`` of :class:`ImageDenoiser`); ``False``: the model
-        alone.
+        Apply the shipped model's non-local blend (every shipped file has
+        one; see ``nonlocal_blend`` of :class:`ImageDenoiser`): 0.05-0.16 dB
+        more on Set12 at every level, for about 1.6 s per 512 x 512 image on
+        two cores.  ``False``: the model alone, 0.6x the time.
 
     Returns
     -------
