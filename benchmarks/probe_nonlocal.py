@@ -1,13 +1,14 @@
 """Probe: how much a non-local estimate blended into the shipped output adds.
 
-Not the package's method: a measurement for the Set12 gap to BM3D, which is
-mostly images of repeated texture (``DENOISE_RESULTS.md``, "Where Set12 is
-lost to BM3D").  The shipped denoiser's output ``u`` is the *pilot*: the
-non-local means of the noisy image ``x~`` with weights
-``exp(-d_ij / (eta sigma)^2)``, ``d_ij`` the mean squared difference of the
-pilot's ``patch x patch`` patches around pixels ``i`` and ``j`` (``j`` within
-``search`` pixels of ``i``), gives ``y``; the blend ``u + mu (y - u)`` is
-scored for each ``eta``:
+A measurement for the Set12 gap to BM3D that led to the package's non-local
+blend (``sklearn_ergo/_nonlocal.py``, which fits coefficients per class of
+pixel instead of one ``mu``); the gap is mostly images of repeated texture
+(``DENOISE_RESULTS.md``, "Where Set12 is lost to BM3D"). The shipped
+denoiser's output ``u`` is the *pilot*: the non-local means of the noisy
+image ``x~`` with weights ``exp(-d_ij / (eta sigma)^2)``, ``d_ij`` the mean
+squared difference of the pilot's ``patch x patch`` patches around pixels
+``i`` and ``j`` (``j`` within ``search`` pixels of ``i``), gives ``y``; the
+blend ``u + mu (y - u)`` is scored for each ``eta``:
 
 * ``mu`` fitted by least squares on ``--n-train`` Train400 images (noise
   seed 1), then scored on the set: what a model trained on Train400 gets;
@@ -24,47 +25,22 @@ import argparse
 import pathlib
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 
 from sklearn_ergo import denoise_image
 from sklearn_ergo._image_training import benchmark_noise, psnr
+from sklearn_ergo._nonlocal import nonlocal_means
 from sklearn_ergo.datasets import load_image_folder
 
 MU_GRID = np.round(np.arange(0.0, 0.61, 0.05), 2)
 
 
 def pilot_nlm(pilot, noisy, h, search=10, patch=5):
-    """Pixelwise non-local means of ``noisy``, weighted by ``pilot``'s patches.
-
-    Each pair of pixels ``(i, i + o)`` shares one weight, so half the offsets
-    are computed and each is added at both ends.
+    """Pixelwise non-local means of ``noisy``, weighted by ``pilot``'s patches
+    (the package's :func:`~sklearn_ergo._nonlocal.nonlocal_means`, which this
+    probe led to; the same float32 sums as the probe's own loop before it).
     """
-    H, W = pilot.shape
-    m = search + patch // 2
-    u = np.pad(pilot.astype(np.float32), m, mode="symmetric")
-    x = np.pad(noisy.astype(np.float32), m, mode="symmetric")
-    Hp, Wp = u.shape
-    num, den = x.copy(), np.ones_like(u)  # the pixel itself, weight 1
-    d_buf = np.empty_like(u)
-    for dy in range(search + 1):
-        for dx in range(-search, search + 1):
-            if dy == 0 and dx <= 0:
-                continue
-            a = slice(0, Hp - dy), slice(max(0, -dx), Wp - max(0, dx))
-            b = slice(dy, Hp), slice(max(0, dx), Wp - max(0, -dx))
-            d = d_buf[: Hp - dy, : Wp - abs(dx)]
-            np.subtract(u[a], u[b], out=d)
-            np.square(d, out=d)
-            # Exact on the image: the padding covers search + patch // 2.
-            uniform_filter1d(d, patch, axis=0, output=d, mode="nearest")
-            uniform_filter1d(d, patch, axis=1, output=d, mode="nearest")
-            d *= np.float32(-1.0 / h**2)
-            np.exp(d, out=d)
-            num[a] += d * x[b]
-            den[a] += d
-            num[b] += d * x[a]
-            den[b] += d
-    return (num / den)[m : m + H, m : m + W].astype(np.float64)
+    y, _, _ = nonlocal_means(pilot, noisy, h, search=search, patch=patch)
+    return y.astype(np.float64)
 
 
 def estimates(clean, noisy, level, etas, wiener):
