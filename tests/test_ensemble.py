@@ -93,7 +93,7 @@ def test_shipped_model_with_copies_is_the_mean_of_its_outputs():
     rng = np.random.default_rng(2)
     clean = np.kron(rng.uniform(size=(3, 4)), np.ones((12, 12)))  # 36 x 48
     noisy = clean + 25 / 255 * rng.standard_normal(clean.shape)
-    model = pretrained_denoiser(25, fast=True)
+    model = pretrained_denoiser(25, fast=True).set_params(nonlocal_blend=False)
     expected = np.mean(
         [
             DIHEDRAL[INVERSE[name]](model.denoise(DIHEDRAL[name](noisy[None])))
@@ -101,12 +101,18 @@ def test_shipped_model_with_copies_is_the_mean_of_its_outputs():
         ],
         axis=0,
     )[0]
-    out = denoise_image(noisy, 25 / 255, fast=True, self_ensemble=4)
+    kw = {"fast": True, "nonlocal_blend": False}
+    out = denoise_image(noisy, 25 / 255, self_ensemble=4, **kw)
     np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-6)
-    plain = denoise_image(noisy, 25 / 255, fast=True)
+    plain = denoise_image(noisy, 25 / 255, **kw)
     assert np.abs(out - plain).max() > 1e-4
     ensembled = model.set_params(self_ensemble=4).denoise(noisy)
     np.testing.assert_allclose(ensembled, out, atol=1e-12)
+    # The non-local blend comes after the mean, with the noisy image beside it
+    # (at the file's own level the image is not rescaled).
+    blend = model.nonlocal_.apply(expected, noisy, model.noise_std_)
+    blended = denoise_image(noisy, 25 / 255, fast=True, self_ensemble=4)
+    np.testing.assert_allclose(blended, np.clip(blend, 0, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [0, 3, 16, 2.0])
