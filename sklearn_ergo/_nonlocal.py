@@ -143,16 +143,8 @@ class NonLocalBlend:
 
     def features(self, pilot, noisy, sigma, n_threads=1):
         """``(y - u, v - u)`` as columns, and each pixel's flat bin."""
-        y, v, w = nonlocal_means(
-            pilot,
-            noisy,
-            self.eta * sigma,
-            search=self.search,
-            patch=self.patch,
-            n_threads=n_threads,
-        )
-        u = np.asarray(pilot, np.float32)
-        dy, dv = y - u, v - u
+        h = self.eta * sigma
+        dy, dv, w = _differences(pilot, noisy, h, self.search, self.patch, n_threads)
         bins = _bins(self.weight_edges, self.energy_edges, w, dv, sigma)
         return np.stack([dy.ravel(), dv.ravel()], axis=1), bins
 
@@ -162,6 +154,15 @@ class NonLocalBlend:
         coef = self.coef.reshape(-1, 2).astype(np.float32)[bins]
         step = np.einsum("ij,ij->i", F, coef).reshape(np.shape(pilot))
         return np.asarray(pilot, np.float32) + step
+
+
+def _differences(pilot, noisy, h, search, patch, n_threads):
+    """``y - u``, ``v - u`` and ``W`` of :func:`nonlocal_means`, ``u`` the pilot."""
+    y, v, w = nonlocal_means(
+        pilot, noisy, h, search=search, patch=patch, n_threads=n_threads
+    )
+    u = np.asarray(pilot, np.float32)
+    return y - u, v - u, w
 
 
 def _energy(dv, sigma):
@@ -207,13 +208,9 @@ def fit_nonlocal_blend(
     images = list(zip(pilots, noisy, clean, strict=True))
     if not images:
         raise ValueError("fit_nonlocal_blend needs at least one image.")
-    features = []
-    for u, x, _ in images:
-        y, v, w = nonlocal_means(
-            u, x, eta * sigma, search=search, patch=patch, n_threads=n_threads
-        )
-        u = np.asarray(u, np.float32)
-        features.append((y - u, v - u, w))
+    features = [
+        _differences(u, x, eta * sigma, search, patch, n_threads) for u, x, _ in images
+    ]
     quantiles = [np.linspace(0, 1, n + 1)[1:-1] for n in (n_weight_bins, n_energy_bins)]
     weight_edges = np.quantile(
         np.concatenate([np.log(w).ravel() for *_, w in features]), quantiles[0]
