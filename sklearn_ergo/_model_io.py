@@ -221,14 +221,17 @@ def load_denoiser(path):
         params |= refine
     noise_std = float(fields["noise_std"])
     den = ImageDenoiser(
-        n_filters=K.shape[-2], patch_size=p, noise_std=noise_std, **settings
+        n_filters=K.shape[-2],
+        patch_size=p,
+        noise_std=noise_std,
+        nonlocal_blend=with_nonlocal,
+        **settings,
     )
     den.components_, den.noise_std_ = K, noise_std
     for name, value in params.items():
         setattr(den, f"{name}_", value)
     if with_nonlocal:
         den.nonlocal_ = _read_blend(fields, path)
-        den.set_params(nonlocal_blend=True)
     return den
 
 
@@ -245,8 +248,12 @@ def _read_blend(fields, path):
             coef=np.asarray(values["coef"], np.float64),
         )
         shape = (len(blend.weight_edges) + 1, len(blend.energy_edges) + 1, 2)
-        if blend.coef.shape != shape or blend.weight_edges.ndim != 1:
-            raise ValueError(f"coef of shape {blend.coef.shape}, not {shape}")
+        edges = (blend.weight_edges, blend.energy_edges)
+        if blend.coef.shape != shape or any(e.ndim != 1 for e in edges):
+            raise ValueError(
+                f"coef of shape {blend.coef.shape} and edges of shapes "
+                f"{[e.shape for e in edges]}: coef must be {shape}, edges 1-D"
+            )
         if not (blend.eta > 0 and blend.search >= 1 and blend.patch % 2 == 1):
             raise ValueError("eta, search or patch out of range")
         if not all(np.all(np.isfinite(v)) for v in values.values()):

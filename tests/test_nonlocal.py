@@ -140,6 +140,7 @@ def test_blend_is_saved_and_loaded(blended, tmp_path):
     "field, value, match",
     [
         ("nonlocal_coef", np.zeros((2, 2, 2)), "coef of shape"),
+        ("nonlocal_energy_edges", np.zeros((7, 1)), "edges 1-D"),
         ("nonlocal_patch", np.array(4), "out of range"),
         ("nonlocal_eta", np.array(np.nan), "out of range"),
     ],
