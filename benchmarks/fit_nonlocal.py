@@ -3,7 +3,8 @@
 The blend (``sklearn_ergo/_nonlocal.py``) after the model's output is
 fitted by least squares on ``--n-train`` Train400 images (every 4th of the
 sorted set for 100; noise seed 1) at ``--level``, the images scaled as
-``denoise`` scales them for the model, once per ``--etas`` value; the one
+``denoise`` scales them for the model, once per ``--etas`` value (with
+``--search``, ``--patch`` and ``--bins`` of the blend); the one
 with the best Set12 mean PSNR (noise seed 0, outputs mapped back and clipped
 to ``[0, 1]``) is written, with the model, to ``--output``.  Set12 is the
 validation set: BSD68 is never read here.
@@ -49,6 +50,10 @@ def main(argv=None):
     parser.add_argument("-o", "--output", type=pathlib.Path, required=True)
     parser.add_argument("--etas", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     parser.add_argument("--search", type=int, default=20)
+    parser.add_argument("--patch", type=int, default=5)
+    parser.add_argument(
+        "--bins", type=int, nargs=2, default=[16, 8], metavar=("WEIGHT", "ENERGY")
+    )
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -90,6 +95,9 @@ def main(argv=None):
             den.noise_std_,
             eta=eta,
             search=args.search,
+            patch=args.patch,
+            n_weight_bins=args.bins[0],
+            n_energy_bins=args.bins[1],
             n_threads=args.threads,
         )
         score = set12_psnr(
