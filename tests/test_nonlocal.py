@@ -38,10 +38,15 @@ def stripes(seed, shape=(48, 40)):
     return np.tile(period, (shape[0], shape[1] // 6 + 1))[:, : shape[1]]
 
 
-@pytest.mark.parametrize("patch, search", [(3, 2), (5, 3)])
-def test_nonlocal_means_match_the_naive_sum(patch, search):
+@pytest.mark.parametrize(
+    "patch, search, shape",
+    # The last two: one-pixel patches, and offsets reaching past the image
+    # (the flat offsets' row wrap must stay in the discarded margin).
+    [(3, 2, (13, 17)), (5, 3, (13, 17)), (1, 3, (13, 17)), (3, 10, (7, 9))],
+)
+def test_nonlocal_means_match_the_naive_sum(patch, search, shape):
     rng = np.random.default_rng(0)
-    pilot = rng.uniform(size=(13, 17))
+    pilot = rng.uniform(size=shape)
     noisy = pilot + SIGMA * rng.standard_normal(pilot.shape)
     got = nonlocal_means(pilot, noisy, 0.3, search=search, patch=patch)
     want = naive_means(pilot, noisy, 0.3, search, patch)
