@@ -41,20 +41,21 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ._operators import axpy
 from ._parallel import run_threads, scratch_buffer
 
-#: Bytes of one value per patch position of a tile: 4096 positions in
-#: float64, 8192 in float32.  The scratch ``(p^2, n_t)`` block and the
-#: tile's dual rows ``(n_t, m)`` then take ``n_t (p^2 + m)`` values, 3.2 MB
-#: for 7x7 and 48 filters, within the last-level cache.  Fewer, larger tiles
-#: cost less Python per layer: in float32, 8192 positions took a CP layer on
-#: a 524x524 image from 36.5 to 34.1 ms (two threads) and ``denoise_image
-#: (fast=True)`` from 1.31 to 1.18 s, where in float64 they were 8 % slower
-#: than 4096 (one scratch run each).
-TILE_BYTES = 1 << 15
+#: Bytes of a tile's working set: its scratch ``(p^2, n_t)`` block and its
+#: dual rows ``(n_t, m)``, ``n_t (p^2 + m)`` values; 8192 positions in
+#: float32 (4096 in float64) for 7x7 and 48 filters, 3.2 MB, within the
+#: last-level cache.  Fewer, larger tiles cost less Python per layer: in
+#: float32, 8192 positions took a CP layer on a 524x524 image from 36.5 to
+#: 34.1 ms (two threads) and ``denoise_image(fast=True)`` from 1.31 to
+#: 1.18 s, where in float64 they were 8 % slower than 4096 (one scratch run
+#: each).
+TILE_BYTES = 8192 * 4 * (7 * 7 + 48)
 
 
-def default_tile_positions(dtype):
-    """Patch positions per tile in ``dtype``: :data:`TILE_BYTES` of it."""
-    return TILE_BYTES // np.dtype(dtype).itemsize
+def default_tile_positions(dtype, patch_size, n_filters):
+    """Patch positions per tile in ``dtype``: :data:`TILE_BYTES` of working set."""
+    values = patch_size**2 + n_filters
+    return max(1, TILE_BYTES // (np.dtype(dtype).itemsize * values))
 
 
 def make_tiles(n_images, grid, target):
@@ -106,7 +107,9 @@ class ValidKernels:
         self.grid = (H - patch_size + 1, W - patch_size + 1)
         self.m = weights.shape[0]
         self.n_threads = n_threads
-        self.tile_positions = tile_positions or default_tile_positions(self.K.dtype)
+        self.tile_positions = tile_positions or default_tile_positions(
+            self.K.dtype, patch_size, self.m
+        )
 
     def _tiles(self, N):
         return make_tiles(N, self.grid, self.tile_positions)

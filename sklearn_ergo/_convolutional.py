@@ -120,9 +120,10 @@ class ConvolutionalOperator:
         meant for a single-threaded BLAS, else the two pools oversubscribe
         the cores.
     tile_positions : int, default=None
-        Patch positions per tile of the banded kernels (if None, 32 KB of
-        the working dtype: 4096 in float64, 8192 in float32; see
-        :data:`~sklearn_ergo._conv_kernels.TILE_BYTES`).
+        Patch positions per tile of the banded kernels (if None, those whose
+        scratch block and dual rows fill
+        :data:`~sklearn_ergo._conv_kernels.TILE_BYTES`: 8192 in float32 and
+        4096 in float64 for 48 filters of 7x7, more for fewer or smaller ones).
 
     Attributes
     ----------

@@ -209,18 +209,41 @@ def test_tiles_cover_positions_once():
         np.testing.assert_array_equal(covered, 1)
 
 
-def test_default_tiles_hold_the_same_bytes_in_each_dtype():
-    op = ConvolutionalOperator(np.ones((2, 9)), (40, 40), 3)
+@pytest.mark.parametrize("m, p", [(2, 3), (16, 5), (48, 7)])
+def test_default_tiles_hold_the_same_bytes_in_each_dtype(m, p):
+    op = ConvolutionalOperator(np.ones((m, p * p)), (40, 40), p)
     tiles = {
         dtype: op._kernel(dtype).tile_positions for dtype in (np.float64, np.float32)
     }
-    assert tiles[np.float64] * 8 == tiles[np.float32] * 4 == TILE_BYTES
+    # A tile's scratch block (p^2 values per position) and dual rows (m).
+    for dtype, itemsize in ((np.float64, 8), (np.float32, 4)):
+        assert 0 <= TILE_BYTES - tiles[dtype] * itemsize * (p * p + m) < 8 * (p * p + m)
+    if (m, p) == (48, 7):
+        assert tiles[np.float32] == 8192
     assert (
         ConvolutionalOperator(np.ones((2, 9)), (40, 40), 3, tile_positions=7)
         ._kernel(np.float32)
         .tile_positions
         == 7
     )
+
+
+@pytest.mark.parametrize("tile_positions", [None, 3000])
+def test_an_image_is_transformed_alone_in_any_batch(tile_positions):
+    # Tiles of several whole images: each image's products and adds are its
+    # own, so a batch changes no bit of an image's float32 output.
+    # Filters and crops of training's sizes (a product over several images
+    # rounded differently from one image's on an earlier machine's BLAS).
+    rng = np.random.default_rng(4)
+    K = rng.standard_normal((48, 49)).astype(np.float32)
+    shape = (40, 40)
+    op = ConvolutionalOperator(K, shape, 7, n_threads=2, tile_positions=tile_positions)
+    X = rng.standard_normal((5, shape[0] * shape[1])).astype(np.float32)
+    Y = rng.standard_normal((len(X), op.n_dual)).astype(np.float32)
+    Z, R = op.apply(X), op.adjoint(Y)
+    for k in range(len(X)):
+        np.testing.assert_array_equal(op.apply(X[k : k + 1])[0], Z[k])
+        np.testing.assert_array_equal(op.adjoint(Y[k : k + 1])[0], R[k])
 
 
 class _WholeArrays:
