@@ -28,6 +28,8 @@ from ._image_io import (
 from ._penalties import PENALTIES
 
 PROG = "python -m sklearn_ergo"
+#: Training images the non-local blend of ``train --data`` is fitted on, at most.
+BLEND_IMAGES = 100
 
 
 class CommandError(Exception):
@@ -227,6 +229,13 @@ def _add_train(sub):
         default=2,
         help="reweighted stages of --penalty log, shaped_log, shifted_log or "
         "blended_log",
+    )
+    tr.add_argument(
+        "--nonlocal-blend",
+        action="store_true",
+        help="after the model, fit a non-local blend on the training images "
+        f"(at most {BLEND_IMAGES} of them with --data): what denoise applies "
+        "after every shipped model, 0.05-0.16 dB on Set12 for them",
     )
     tr.add_argument("--n-jobs", type=int, default=None)
     tr.add_argument("--random-state", type=int, default=0)
@@ -432,6 +441,7 @@ def _train(args):
         crop_size=args.crop_size,
         n_crops=args.n_crops,
         max_iter=args.max_iter,
+        nonlocal_blend=args.nonlocal_blend,
         n_jobs=args.n_jobs,
         random_state=args.random_state,
         verbose=1,
@@ -463,10 +473,10 @@ def _train_folder(args):
     from ._image_training import (
         ImageModel,
         random_crops,
-        save_model,
         train,
+        trained_denoiser,
     )
-    from ._model_io import load_denoiser
+    from ._model_io import load_denoiser, save_denoiser
     from ._pretrained import denoiser_for_level
     from .datasets import load_image_folder
 
@@ -528,7 +538,15 @@ def _train_folder(args):
             seed=args.random_state,
             log=lambda line: print(line, flush=True),
         )
-        save_model(model, result.best_params, args.sigma / 255.0, output)
+        den = trained_denoiser(model, result.best_params, args.sigma / 255.0)
+        if args.nonlocal_blend:
+            print("fitting the non-local blend", flush=True)
+            # Evenly spaced images, one noise draw (its own seed).
+            fit_on = images[:: -(-len(images) // BLEND_IMAGES)]
+            rng = np.random.default_rng([args.random_state, 2])
+            den.set_params(nonlocal_blend=True)
+            den._fit_nonlocal(fit_on, None, rng, sigma=args.sigma / 255.0)
+        save_denoiser(den, output)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise CommandError(str(exc)) from exc
     except OSError as exc:

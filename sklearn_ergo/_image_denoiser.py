@@ -23,7 +23,7 @@ from ._convolutional import (
     patch_size_of,
 )
 from ._ensemble import TRANSFORMS, self_ensemble
-from ._image_data import as_planes
+from ._image_data import as_planes, median_shift
 from ._init import initial_filters
 from ._nonlocal import fit_nonlocal_blend
 from ._optim import (
@@ -473,13 +473,29 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
             del self.nonlocal_
         return self
 
-    def _fit_nonlocal(self, clean, noisy, rng):
-        """Fit :attr:`nonlocal_` on the model's outputs of the training images."""
+    def _fit_nonlocal(self, clean, noisy, rng, sigma=None):
+        """Fit :attr:`nonlocal_` on the model's outputs of the training images.
+
+        ``noisy=None``: noise of std ``sigma`` (default ``noise_std_``) is
+        drawn.  The images are seen as :meth:`denoise` sees images of noise
+        ``sigma``: ``a x + b`` with ``a = noise_std_ / sigma`` and ``b`` its
+        median's shift (0 for images in ``[0, 1]`` at the trained level).
+        """
+        sigma = self.noise_std_ if sigma is None else sigma
         if noisy is None:
-            noisy = [c + self.noise_std_ * rng.standard_normal(c.shape) for c in clean]
-        pilots = [self._denoise_once(x[None])[0] for x in noisy]
+            noisy = [c + sigma * rng.standard_normal(c.shape) for c in clean]
+        a = self.noise_std_ / sigma
+        seen = []
+        for c, x in zip(clean, noisy, strict=True):
+            b = median_shift(a * x)
+            seen.append((a * c + b, a * x + b))
+        pilots = [self._denoise_once(z[None])[0] for _, z in seen]
         self.nonlocal_ = fit_nonlocal_blend(
-            pilots, noisy, clean, self.noise_std_, n_threads=workers(self.n_jobs)[0]
+            pilots,
+            [z for _, z in seen],
+            [c for c, _ in seen],
+            self.noise_std_,
+            n_threads=workers(self.n_jobs)[0],
         )
 
     def _map(self):

@@ -349,20 +349,27 @@ def _digest(*arrays):
     return h.hexdigest()[:16]
 
 
-def save_model(model, params, noise_std, path):
-    """Save trained :class:`ImageModel` parameters as a model file.
+def trained_denoiser(model, params, noise_std):
+    """The fitted :class:`ImageDenoiser` of trained :class:`ImageModel` parameters.
 
-    The file of :func:`sklearn_ergo.save_denoiser` (``load_denoiser`` and
-    ``denoise --model`` read it); ``noise_std`` is the training level, the
-    file's ``noise_std_`` is ``noise_std * model.scale``, the level the model
-    sees.
+    ``noise_std`` is the training level; the denoiser's ``noise_std_`` is
+    ``noise_std * model.scale``, the level the model sees.
     """
     den = sklearn.base.clone(model.denoiser)
     den.components_ = np.asarray(params["K"], dtype=np.float64)
     for name in den._map().param_names[1:]:
         setattr(den, f"{name}_", np.asarray(params[name], dtype=np.float64))
     den.noise_std_ = float(noise_std) * model.scale
-    save_denoiser(den, path)
+    return den
+
+
+def save_model(model, params, noise_std, path):
+    """Save trained :class:`ImageModel` parameters as a model file.
+
+    The file of :func:`sklearn_ergo.save_denoiser` (``load_denoiser`` and
+    ``denoise --model`` read it) of :func:`trained_denoiser`.
+    """
+    save_denoiser(trained_denoiser(model, params, noise_std), path)
 
 
 def cosine_learning_rate(step, n_steps, learning_rate, final_fraction):

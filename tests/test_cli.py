@@ -147,6 +147,23 @@ def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     assert read(out).shape == read(path).shape
 
 
+def test_train_with_nonlocal_blend(noisy_png, tmp_path):
+    clean_path = tmp_path / "clean.png"
+    Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)
+    model = tmp_path / "model.npz"
+    argv = ["train", str(clean_path), "--sigma", "25", "-o", str(model)]
+    argv += ["--n-filters", "3", "--patch-size", "3", "--n-layers", "4"]
+    argv += ["--crop-size", "16", "--n-crops", "2", "--max-iter", "1"]
+    assert main([*argv, "--penalty", "l1", "--nonlocal-blend"]) == 0
+    den = load_denoiser(model)
+    assert den.nonlocal_blend and den.nonlocal_.coef.shape == (16, 8, 2)
+    path, _ = noisy_png
+    out = tmp_path / "out.png"
+    argv = ["denoise", str(path), "-o", str(out), "--sigma", "20", "--model"]
+    assert main([*argv, str(model)]) == 0
+    assert read(out).shape == read(path).shape
+
+
 @pytest.mark.parametrize(
     "make_args, status, message",
     [

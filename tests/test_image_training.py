@@ -414,6 +414,12 @@ def test_cli_train_data_folder_and_resume(tmp_path, capsys):
     argv_shaped = [*argv[:6], str(shaped), *argv[7:], "--penalty", "shaped_log"]
     assert main(argv_shaped) == 0
     assert load_denoiser(shaped).shape_.shape == (3, 8)
+    # A non-local blend fitted after the model.
+    blend = tmp_path / "blend.npz"
+    assert main([*argv[:6], str(blend), *argv[7:], "--nonlocal-blend"]) == 0
+    assert "fitting the non-local blend" in capsys.readouterr().out
+    den = load_denoiser(blend)
+    assert den.nonlocal_blend and den.nonlocal_.coef.shape == (16, 8, 2)
     # A refinement step after the stages, learned with them.
     refined = tmp_path / "refined.npz"
     argv_refined = [*argv[:6], str(refined), *argv[7:], "--n-refine", "1"]

@@ -122,6 +122,20 @@ def test_denoiser_fits_and_applies_the_blend(blended):
     assert err < 0.8 * np.mean((without - clean) ** 2)
 
 
+def test_blend_fitted_at_another_level_sees_images_as_denoise_does(blended):
+    # Images of noise k sigma are seen scaled by 1 / k: the fit on (k c, k x)
+    # at k sigma is the fit on (c, x) at sigma, up to rounding.
+    den = copy.deepcopy(blended)
+    rng = np.random.default_rng(5)
+    clean = [0.25 + 0.5 * stripes(3)]
+    noisy = [clean[0] + SIGMA * rng.standard_normal(clean[0].shape)]
+    den._fit_nonlocal(clean, noisy, None)
+    coef = den.nonlocal_.coef
+    den._fit_nonlocal([2 * clean[0]], [2 * noisy[0]], None, sigma=2 * SIGMA)
+    np.testing.assert_allclose(den.nonlocal_.coef, coef, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(coef, 0)
+
+
 def test_blend_needs_a_fitted_blend():
     den = ImageDenoiser(
         n_layers=4, crop_size=24, n_crops=2, max_iter=1, noise_std=SIGMA
