@@ -177,8 +177,8 @@ def denoise_image(
     nonlocal_blend : bool, default=True
         Apply the shipped model's non-local blend (every shipped file has
         one; see ``nonlocal_blend`` of :class:`ImageDenoiser`): 0.05-0.16 dB
-        more on Set12 at every level, for about 1.6 s per 512 x 512 image on
-        two cores.  ``False``: the model alone, 0.6x the time.
+        more on Set12 at every level, for about 0.3-0.45 s per 512 x 512
+        image on two cores.  ``False``: the model alone, 0.7-0.9x the time.
 
     Returns
     -------
