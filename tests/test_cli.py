@@ -120,18 +120,31 @@ def test_fast_and_model_exclude_each_other(noisy_png, tmp_path, capsys):
     assert "not allowed with" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "penalty", ["l1", "log", "shaped_log", "shifted_log", "blended_log"]
-)
-def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
+def small_training(tmp_path):
+    """The arguments of a quick ``train`` on one clean image file, and the model."""
     clean_path = tmp_path / "clean.png"
     Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)
     model = tmp_path / "model.npz"
     argv = ["train", str(clean_path), "--sigma", "25", "-o", str(model)]
     argv += ["--n-filters", "3", "--patch-size", "3", "--n-layers", "4"]
     argv += ["--crop-size", "16", "--n-crops", "2", "--max-iter", "1"]
-    argv += ["--penalty", penalty, "--n-stages", "2"]
-    assert main(argv) == 0
+    return argv, model
+
+
+def denoises_with(model, noisy_png, tmp_path):
+    out = tmp_path / "out.png"
+    path, _ = noisy_png
+    argv = ["denoise", str(path), "-o", str(out), "--sigma", "20", "--model"]
+    assert main([*argv, str(model)]) == 0
+    assert read(out).shape == read(path).shape
+
+
+@pytest.mark.parametrize(
+    "penalty", ["l1", "log", "shaped_log", "shifted_log", "blended_log"]
+)
+def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
+    argv, model = small_training(tmp_path)
+    assert main([*argv, "--penalty", penalty, "--n-stages", "2"]) == 0
     printed = capsys.readouterr().out
     assert "validation PSNR" in printed
     # A reweighted penalty trains after the l1 model; the better one is saved.
@@ -140,28 +153,15 @@ def test_train_then_denoise_with_model(noisy_png, tmp_path, capsys, penalty):
     saved = load_denoiser(model).penalty
     assert f"saved the {saved} model" in printed
     assert saved in ("l1", penalty)
-    out = tmp_path / "out.png"
-    path, _ = noisy_png
-    argv = ["denoise", str(path), "-o", str(out), "--sigma", "20", "--model"]
-    assert main([*argv, str(model)]) == 0
-    assert read(out).shape == read(path).shape
+    denoises_with(model, noisy_png, tmp_path)
 
 
 def test_train_with_nonlocal_blend(noisy_png, tmp_path):
-    clean_path = tmp_path / "clean.png"
-    Image.fromarray(np.round(blocks(2) * 255).astype(np.uint8)).save(clean_path)
-    model = tmp_path / "model.npz"
-    argv = ["train", str(clean_path), "--sigma", "25", "-o", str(model)]
-    argv += ["--n-filters", "3", "--patch-size", "3", "--n-layers", "4"]
-    argv += ["--crop-size", "16", "--n-crops", "2", "--max-iter", "1"]
+    argv, model = small_training(tmp_path)
     assert main([*argv, "--penalty", "l1", "--nonlocal-blend"]) == 0
     den = load_denoiser(model)
     assert den.nonlocal_blend and den.nonlocal_.coef.shape == (16, 8, 2)
-    path, _ = noisy_png
-    out = tmp_path / "out.png"
-    argv = ["denoise", str(path), "-o", str(out), "--sigma", "20", "--model"]
-    assert main([*argv, str(model)]) == 0
-    assert read(out).shape == read(path).shape
+    denoises_with(model, noisy_png, tmp_path)
 
 
 @pytest.mark.parametrize(
