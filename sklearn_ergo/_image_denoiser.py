@@ -201,7 +201,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         of what repeats elsewhere in an image, which the model's filters
         cannot see: on Set12 the shipped models gained 0.05-0.16 dB at every
         level from 5 to 75 (``benchmarks/DENOISE_RESULTS.md``; the math:
-        ``docs/math.md``, section 13).
+        ``docs/math.md``, section 13).  ``python -m sklearn_ergo train
+        --nonlocal-blend`` fits one after a command-line training.
     n_jobs : int, default=None
         joblib workers over crops (fit) and images (transform); ``None``:
         every core, in threads, unless a ``joblib.parallel_config`` says
