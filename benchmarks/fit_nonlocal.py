@@ -20,7 +20,6 @@ import time
 import numpy as np
 
 from sklearn_ergo import load_denoiser, save_denoiser
-from sklearn_ergo._image_data import median_shift
 from sklearn_ergo._image_training import benchmark_noise, psnr
 from sklearn_ergo._nonlocal import fit_nonlocal_blend
 from sklearn_ergo.datasets import load_image_folder
@@ -28,16 +27,13 @@ from sklearn_ergo.datasets import load_image_folder
 
 def as_seen(den, clean, noisy, sigma):
     """Per image: the model's input, its output and the clean image in the
-    model's scale, as ``denoise`` runs it (``a x + b``, the noise at the model's
-    level: ``ImageDenoiser.denoise``), and the map back ``(a, b)``.
+    model's scale, as ``denoise`` runs it (``ImageDenoiser._as_seen``), and the
+    map back ``(a, b)``.
     """
-    a = den.noise_std_ / sigma
-    out = []
-    for c, x in zip(clean, noisy, strict=True):
-        b = median_shift(a * x)
-        z = a * x + b
-        out.append((z, den._denoise_once(z[None])[0], a * c + b, (a, b)))
-    return out
+    return [
+        (z, den._denoise_once(z[None])[0], c, ab)
+        for c, z, ab in den._as_seen(clean, noisy, sigma)
+    ]
 
 
 def main(argv=None):

@@ -485,19 +485,24 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
         sigma = self.noise_std_ if sigma is None else sigma
         if noisy is None:
             noisy = [c + sigma * rng.standard_normal(c.shape) for c in clean]
+        clean, noisy, _ = zip(*self._as_seen(clean, noisy, sigma), strict=True)
+        pilots = [self._denoise_once(z[None])[0] for z in noisy]
+        self.nonlocal_ = fit_nonlocal_blend(
+            pilots, noisy, clean, self.noise_std_, n_threads=workers(self.n_jobs)[0]
+        )
+
+    def _as_seen(self, clean, noisy, sigma):
+        """Image pairs of noise ``sigma`` as :meth:`denoise` gives them to the model.
+
+        Per pair ``(a c + b, a x + b, (a, b))``: ``a = noise_std_ / sigma``
+        and ``b`` the shift of the median of ``a x`` into ``[0, 1]``.
+        """
         a = self.noise_std_ / sigma
         seen = []
         for c, x in zip(clean, noisy, strict=True):
             b = median_shift(a * x)
-            seen.append((a * c + b, a * x + b))
-        pilots = [self._denoise_once(z[None])[0] for _, z in seen]
-        self.nonlocal_ = fit_nonlocal_blend(
-            pilots,
-            [z for _, z in seen],
-            [c for c, _ in seen],
-            self.noise_std_,
-            n_threads=workers(self.n_jobs)[0],
-        )
+            seen.append((a * c + b, a * x + b, (a, b)))
+        return seen
 
     def _map(self):
         """The unrolled map of the convolutional model (operator set per shape)."""
