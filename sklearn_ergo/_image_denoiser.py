@@ -479,8 +479,8 @@ class ImageDenoiser(TransformerMixin, BaseEstimator):
 
         ``noisy=None``: noise of std ``sigma`` (default ``noise_std_``) is
         drawn.  The images are seen as :meth:`denoise` sees images of noise
-        ``sigma``: ``a x + b`` with ``a = noise_std_ / sigma`` and ``b`` its
-        median's shift (0 for images in ``[0, 1]`` at the trained level).
+        ``sigma`` (:meth:`_as_seen`): at the trained level, unchanged unless
+        an image's median lies outside ``[0, 1]``.
         """
         sigma = self.noise_std_ if sigma is None else sigma
         if noisy is None:
