@@ -149,7 +149,7 @@ def _add_denoise(sub):
         "--fast",
         action="store_true",
         help="the shipped fast model: two stages of 12 iterations instead of "
-        "three of 20, 0.7x the time (0.27x with --no-nonlocal) for 0.02-0.05 "
+        "three of 20, 0.6x the time (0.4x with --no-nonlocal) for 0.02-0.05 "
         "dB less PSNR on BSD68 and Set12",
     )
     den.add_argument(
@@ -167,7 +167,7 @@ def _add_denoise(sub):
         "--no-nonlocal",
         action="store_true",
         help="skip the model's non-local blend (every shipped model's last "
-        "step): 0.6x the time, for 0.05-0.16 dB less PSNR on Set12, most on "
+        "step): 0.7-0.9x the time, for 0.05-0.16 dB less PSNR on Set12, most on "
         "images that repeat themselves",
     )
     den.add_argument(

@@ -163,7 +163,7 @@ def denoise_image(
         Use the fast model: two stages of 12 Chambolle-Pock iterations
         instead of three of 20, trained for that depth at 25, with the
         refinement steps and non-local blends of 5, 15, 25 and 50.  On a
-        512 x 512 image it takes about 0.7x the time (0.27x without the
+        512 x 512 image it takes about 0.6x the time (0.4x without the
         blend), and on Set12 it gives 0.02-0.05 dB less PSNR at 15, 25 and 50
         (``benchmarks/DENOISE_RESULTS.md``).
 
