@@ -2,7 +2,8 @@
 
 Every image is denoised once in each of the eight flips and rotations
 (:data:`sklearn_ergo._ensemble.TRANSFORMS`), with the shipped model of the
-level (``denoise_image``), and each output is mapped back; the mean PSNR of
+level (``denoise_image`` without its non-local blend, which the package
+applies once, after the mean), and each output is mapped back; the mean PSNR of
 the mean of every subset of copies is then read off those eight outputs: the
 package's nested subsets of 1, 2, 4 and 8 copies, and the alternatives its
 choice was made against (the second copy the rotation by 180 degrees instead
@@ -45,7 +46,7 @@ def outputs(noisy, level):
     for k, flip in ALL:
         copy = _forward(noisy[None], k, flip)[0]
         start = time.perf_counter()
-        out = denoise_image(copy, level / 255.0)
+        out = denoise_image(copy, level / 255.0, nonlocal_blend=False)
         seconds.append(time.perf_counter() - start)
         outs[k, flip] = _backward(out[None], k, flip)[0]
     return outs, float(np.mean(seconds))
