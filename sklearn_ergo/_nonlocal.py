@@ -167,7 +167,7 @@ class NonLocalBlend:
         """``(y - u, v - u)`` as columns, and each pixel's flat bin."""
         h = self.eta * sigma
         dy, dv, w = _differences(pilot, noisy, h, self.search, self.patch, n_threads)
-        bins = _bins(self.weight_edges, self.energy_edges, w, dv, sigma)
+        bins = _bins(self.weight_edges, self.energy_edges, *_keys(w, dv, sigma))
         return np.stack([dy.ravel(), dv.ravel()], axis=1), bins
 
     def apply(self, pilot, noisy, sigma, n_threads=1):
@@ -187,13 +187,15 @@ def _differences(pilot, noisy, h, search, patch, n_threads):
     return y - u, v - u, w
 
 
-def _energy(dv, sigma):
-    return np.log(uniform_filter(dv * dv, 3) / np.float32(sigma**2) + _ENERGY_FLOOR)
+def _keys(w, dv, sigma):
+    """The two binned features, flat: ``log W`` and the log energy of ``v - u``."""
+    energy = uniform_filter(dv * dv, 3) / np.float32(sigma**2) + _ENERGY_FLOOR
+    return np.log(w).ravel(), np.log(energy).ravel()
 
 
-def _bins(weight_edges, energy_edges, w, dv, sigma):
-    i = np.searchsorted(weight_edges, np.log(w).ravel())
-    j = np.searchsorted(energy_edges, _energy(dv, sigma).ravel())
+def _bins(weight_edges, energy_edges, log_w, log_energy):
+    i = np.searchsorted(weight_edges, log_w)
+    j = np.searchsorted(energy_edges, log_energy)
     return i * (len(energy_edges) + 1) + j
 
 
@@ -230,23 +232,21 @@ def fit_nonlocal_blend(
     images = list(zip(pilots, noisy, clean, strict=True))
     if not images:
         raise ValueError("fit_nonlocal_blend needs at least one image.")
-    features = [
-        _differences(u, x, eta * sigma, search, patch, n_threads) for u, x, _ in images
-    ]
+    features = []
+    for u, x, _ in images:
+        dy, dv, w = _differences(u, x, eta * sigma, search, patch, n_threads)
+        features.append((dy, dv, *_keys(w, dv, sigma)))
     quantiles = [np.linspace(0, 1, n + 1)[1:-1] for n in (n_weight_bins, n_energy_bins)]
-    weight_edges = np.quantile(
-        np.concatenate([np.log(w).ravel() for *_, w in features]), quantiles[0]
-    )
-    energy_edges = np.quantile(
-        np.concatenate([_energy(dv, sigma).ravel() for _, dv, _ in features]),
-        quantiles[1],
+    weight_edges, energy_edges = (
+        np.quantile(np.concatenate([f[k] for f in features]), q)
+        for k, q in zip((2, 3), quantiles, strict=True)
     )
     n_bins = n_weight_bins * n_energy_bins
     A, B = np.zeros((n_bins, 2, 2)), np.zeros((n_bins, 2))
-    for (u, _, c), (dy, dv, w) in zip(images, features, strict=True):
+    for (u, _, c), (dy, dv, *keys) in zip(images, features, strict=True):
         F = np.stack([dy.ravel(), dv.ravel()], axis=1).astype(np.float64)
         r = (np.asarray(c, np.float64) - np.asarray(u, np.float32)).ravel()
-        bins = _bins(weight_edges, energy_edges, w, dv, sigma)
+        bins = _bins(weight_edges, energy_edges, *keys)
         for k, l in ((0, 0), (0, 1), (1, 1)):
             A[:, k, l] += np.bincount(bins, F[:, k] * F[:, l], minlength=n_bins)
         for k in (0, 1):
